@@ -1,0 +1,81 @@
+// `migrate apply`: run every step under the journal; `--resume` continues an unfinished run,
+// `--restart` abandons it and rebuilds green.
+
+import type { ResolvedConfig } from '../config/load.ts';
+import { listQuarantine } from '../db/quarantine.ts';
+import { UsageError } from '../errors.ts';
+import { progressSink } from '../report/progress.ts';
+import { apply, type ProgressSink, type StepResult } from '../runner.ts';
+import type { ValidationReport } from '../steps/validate.ts';
+import type { ResumeMode } from '../state/journal.ts';
+import { table, type CommandResult } from './result.ts';
+import { withContext } from './session.ts';
+
+/** Flags of `migrate apply`. */
+export interface ApplyFlags {
+  /** Config path or an already resolved config (demo). */
+  config: string | ResolvedConfig;
+  /** Print JSON. */
+  json?: boolean;
+  /** Continue the unfinished run. */
+  resume?: boolean;
+  /** Abandon the unfinished run and start over. */
+  restart?: boolean;
+  /** Copy remaining tables from a new snapshot when the old one is gone. */
+  acceptNewSnapshot?: boolean;
+  /** Parallel workers. */
+  jobs?: number;
+  /** CI rehearsal: everything except cutover (there is no cutover step yet, so same as apply). */
+  dryRun?: boolean;
+  /** Progress sink override (demo, tests). */
+  sink?: ProgressSink;
+}
+
+/** Summary of quarantined rows for reports. */
+export interface QuarantineTotals {
+  /** Total rows held. */
+  rows: number;
+  /** Rows per rule. */
+  byReason: Record<string, number>;
+}
+
+/** Renders step results as a table. */
+export function stepsTable(results: readonly StepResult[]): string {
+  return table([['step', 'status', 'ms'], ...results.map((r) => [r.name, r.status, String(r.ms)])]);
+}
+
+/** Runs `migrate apply`. */
+export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
+  if (flags.resume && flags.restart) throw new UsageError('--resume and --restart exclude each other', 'pass one of them');
+  if (flags.acceptNewSnapshot && !flags.resume) throw new UsageError('--accept-new-snapshot only applies with --resume', 'add --resume');
+  const mode: ResumeMode = flags.resume ? 'resume' : flags.restart ? 'restart' : 'fresh';
+  const run = { acceptNewSnapshot: !!flags.acceptNewSnapshot, restart: !!flags.restart, resume: !!flags.resume, ...(flags.jobs ? { jobs: flags.jobs } : {}) };
+  return withContext({ config: flags.config, run }, async (ctx) => {
+    const outcome = await apply(ctx, mode, flags.sink ?? progressSink(!!flags.json));
+    const held = await listQuarantine(ctx.green).catch(() => []);
+    const quarantine: QuarantineTotals = { rows: 0, byReason: {} };
+    for (const q of held) {
+      quarantine.rows += q.rows;
+      quarantine.byReason[q.rule] = (quarantine.byReason[q.rule] ?? 0) + q.rows;
+    }
+    const validationStep = outcome.results.find((r) => r.name === 'validate');
+    const report = (validationStep?.detail?.validation ?? null) as ValidationReport | null;
+    const validation = report ? { passed: report.passed, failures: report.failures } : null;
+    const exitCode = outcome.error?.exitCode ?? 0;
+    const json = {
+      ok: !outcome.error,
+      exitCode,
+      runId: outcome.runId,
+      resumed: outcome.resumed,
+      steps: outcome.results.map((r) => ({ name: r.name, status: r.status, ms: r.ms })),
+      quarantine,
+      validation,
+      ...(outcome.error ? { error: outcome.error.toJSON() } : {}),
+    };
+    const lines = [`run ${outcome.runId}${outcome.resumed ? ' (resumed)' : ''}`, stepsTable(outcome.results), `quarantined rows: ${quarantine.rows}`];
+    for (const [rule, n] of Object.entries(quarantine.byReason)) lines.push(`  ${rule}: ${n}`);
+    if (validation) lines.push(`validation: ${validation.passed ? 'passed' : `FAILED\n  ${validation.failures.join('\n  ')}`}`);
+    if (outcome.error) lines.push(`error: ${outcome.error.message}`, `hint: ${outcome.error.hint}`);
+    return { exitCode, json, text: lines.join('\n') };
+  });
+}

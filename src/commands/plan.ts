@@ -1,0 +1,27 @@
+// `migrate plan`: every action `apply` would run, computed by the same step code, read-only. With an
+// unfinished run on blue, it shows what `apply --resume` would still do.
+
+import { planAll } from '../runner.ts';
+import { latestRun } from '../state/journal.ts';
+import type { CommandResult } from './result.ts';
+import { withContext, type CommonOptions } from './session.ts';
+
+/** Runs `migrate plan`. */
+export async function planCommand(flags: CommonOptions): Promise<CommandResult> {
+  return withContext({ config: flags.config }, async (ctx) => {
+    const last = await latestRun(ctx.blue);
+    ctx.options.resume = last?.status === 'running' || last?.status === 'failed';
+    const steps = await planAll(ctx);
+    const lines: string[] = ctx.options.resume ? [`run ${last?.run_id} is unfinished: this is what \`migrate apply --resume\` would still check and run`] : [];
+    for (const s of steps) {
+      lines.push(`${s.step}: ${s.purpose}`);
+      if (!s.actions.length) lines.push('  (nothing to do)');
+      for (const a of s.actions) {
+        lines.push(`  - [${a.id}] ${a.sentence}`);
+        const sample = a.facts?.sample as unknown[] | undefined;
+        if (sample?.length) lines.push(`      sample keys: ${sample.map((k) => JSON.stringify(k)).join(' ')}`);
+      }
+    }
+    return { exitCode: 0, json: { ok: true, exitCode: 0, resume: ctx.options.resume, steps }, text: lines.join('\n') };
+  });
+}

@@ -1,0 +1,25 @@
+// `migrate quarantine list|restore`: what cleanup moved aside, and putting it back exactly.
+
+import { withDb } from '../db/connect.ts';
+import { loadConfig } from '../config/load.ts';
+import { listQuarantine, restoreQuarantine } from '../db/quarantine.ts';
+import { table, type CommandResult } from './result.ts';
+import type { CommonOptions } from './session.ts';
+
+/** Runs `migrate quarantine list`. */
+export async function quarantineListCommand(flags: CommonOptions): Promise<CommandResult> {
+  const config = loadConfig(flags.config);
+  const held = await withDb('green', config.greenDsn, (db) => listQuarantine(db));
+  const total = held.reduce((a, q) => a + q.rows, 0);
+  const text = held.length ? `${table([['table', 'rule', 'rows', 'reason'], ...held.map((q) => [q.table, q.rule, String(q.rows), q.reason])])}\ntotal: ${total}` : 'quarantine is empty';
+  return { exitCode: 0, json: { ok: true, exitCode: 0, rows: total, entries: held }, text };
+}
+
+/** Runs `migrate quarantine restore [--rule R]`. */
+export async function quarantineRestoreCommand(flags: CommonOptions & { rule?: string }): Promise<CommandResult> {
+  const config = loadConfig(flags.config);
+  const restored = await withDb('green', config.greenDsn, (db) => restoreQuarantine(db, flags.rule));
+  const total = Object.values(restored).reduce((a, b) => a + b, 0);
+  const text = total ? `${table(Object.entries(restored).map(([t, n]) => [t, String(n)]))}\nrestored: ${total} row(s)` : 'nothing to restore';
+  return { exitCode: 0, json: { ok: true, exitCode: 0, restored, rows: total }, text };
+}

@@ -1,0 +1,45 @@
+// Finds the Postgres client binaries we shell out to (pg_dump) and reads their versions. Always
+// argv arrays, never a shell; the DSN goes in through PG* environment variables so no password
+// appears in a process listing.
+
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+const execFileAsync = promisify(execFile);
+
+/** A binary found on PATH with its major version. */
+export interface BinaryInfo {
+  /** Binary name as looked up. */
+  name: string;
+  /** Full version string, e.g. "15.18". */
+  version: string;
+  /** Major version number. */
+  major: number;
+}
+
+/** Runs `<name> --version`; null when the binary is missing. */
+export async function binaryVersion(name: string): Promise<BinaryInfo | null> {
+  try {
+    const { stdout } = await execFileAsync(name, ['--version'], { timeout: 10_000 });
+    const match = /(\d+)(?:\.(\d+))?/.exec(stdout.replace(/^[^)]*\)/, ''));
+    if (!match) return null;
+    return { name, version: match[0], major: Number(match[1]) };
+  } catch {
+    return null;
+  }
+}
+
+/** PG* environment variables for a DSN, so child processes get credentials without argv. */
+export function pgEnv(dsn: string): Record<string, string> {
+  const u = new URL(dsn);
+  const env: Record<string, string> = {
+    PGHOST: decodeURIComponent(u.hostname) || 'localhost',
+    PGPORT: u.port || '5432',
+    PGDATABASE: decodeURIComponent(u.pathname.replace(/^\//, '')) || 'postgres',
+  };
+  if (u.username) env.PGUSER = decodeURIComponent(u.username);
+  if (u.password) env.PGPASSWORD = decodeURIComponent(u.password);
+  const sslmode = u.searchParams.get('sslmode');
+  if (sslmode) env.PGSSLMODE = sslmode;
+  return env;
+}

@@ -1,0 +1,96 @@
+// Schema DDL comes from pg_dump (`--section=pre-data|post-data`), run as an argv array with the
+// DSN in PG* variables. The post-data script is split with the real Postgres parser so each index
+// and constraint becomes its own resumable, parallel unit.
+
+import { spawn } from 'node:child_process';
+import { parse } from 'libpg-query';
+import { SourceError } from '../errors.ts';
+import { pgEnv } from './binaries.ts';
+import { redact } from './redact.ts';
+import { OWN_SCHEMAS } from './green.ts';
+
+/** Runs pg_dump for one section and returns the SQL text (psql meta-commands removed). */
+export async function dumpSection(blueDsn: string, section: 'pre-data' | 'post-data', opts: { snapshot?: string; excludeSchemas?: readonly string[] } = {}): Promise<string> {
+  const args = [`--section=${section}`, '--no-owner', '--no-privileges', '--no-comments', '--format=plain'];
+  if (opts.snapshot) args.push(`--snapshot=${opts.snapshot}`);
+  for (const s of [...OWN_SCHEMAS, ...(opts.excludeSchemas ?? [])]) args.push(`--exclude-schema=${s}`);
+  const env = pgEnv(blueDsn);
+  const child = spawn('pg_dump', args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  child.stdout.on('data', (b: Buffer) => out.push(b));
+  child.stderr.on('data', (b: Buffer) => err.push(b));
+  const code = await new Promise<number>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (c) => resolve(c ?? 1));
+  }).catch((e: NodeJS.ErrnoException) => {
+    throw new SourceError(`cannot run pg_dump: ${e.code ?? e.message}`, 'install the PostgreSQL client matching blue (`migrate doctor` tells which)');
+  });
+  if (code !== 0) {
+    const tail = redact(Buffer.concat(err).toString('utf8')).trim().split('\n').slice(-10).join('\n');
+    throw new SourceError(`pg_dump --section=${section} failed (exit ${code}) against ${env.PGHOST}:${env.PGPORT}/${env.PGDATABASE}:\n${tail}`, 'check the message above; rerun with --resume once fixed');
+  }
+  // pg_dump >= 15.14 frames its output in \restrict / \unrestrict, which only psql understands.
+  return Buffer.concat(out)
+    .toString('utf8')
+    .split('\n')
+    .filter((line) => !/^\\(un)?restrict\b/.test(line))
+    .join('\n');
+}
+
+/** What a post-data statement does, which decides when it may run. */
+export type PostDataKind = 'setting' | 'index' | 'constraint' | 'foreign-key' | 'own-trigger' | 'other';
+
+/** One statement of a pg_dump script. */
+export interface DumpStatement {
+  /** Stable id (object name) for the journal. */
+  id: string;
+  /** Classification. */
+  kind: PostDataKind;
+  /** The statement text, without the trailing semicolon. */
+  sql: string;
+}
+
+interface RawStmt {
+  stmt: Record<string, Record<string, unknown>>;
+  stmt_location?: number;
+  stmt_len?: number;
+}
+
+/** Splits a pg_dump script into classified statements. */
+export async function splitDump(script: string): Promise<DumpStatement[]> {
+  const tree = (await parse(script)) as unknown as { stmts: RawStmt[] };
+  const bytes = Buffer.from(script, 'utf8');
+  const seen = new Map<string, number>();
+  return tree.stmts.map((s) => {
+    const start = s.stmt_location ?? 0;
+    const sql = (s.stmt_len ? bytes.subarray(start, start + s.stmt_len) : bytes.subarray(start)).toString('utf8').trim().replace(/;\s*$/, '');
+    const { kind, name } = classify(s.stmt);
+    const n = (seen.get(name) ?? 0) + 1;
+    seen.set(name, n);
+    return { id: n > 1 ? `${name}#${n}` : name, kind, sql };
+  });
+}
+
+function rel(node: unknown): string {
+  const r = node as { schemaname?: string; relname?: string } | undefined;
+  return r ? `${r.schemaname ?? 'public'}.${r.relname ?? '?'}` : '?';
+}
+
+function classify(stmt: Record<string, Record<string, unknown>>): { kind: PostDataKind; name: string } {
+  const [type, body] = Object.entries(stmt)[0] ?? ['Unknown', {}];
+  if (type === 'VariableSetStmt' || type === 'SelectStmt') return { kind: 'setting', name: `setting:${String(body.name ?? 'select')}` };
+  if (type === 'IndexStmt') return { kind: 'index', name: `index:${rel(body.relation).split('.')[0]}.${String(body.idxname)}` };
+  if (type === 'CreateTrigStmt' && String(body.trigname ?? '').startsWith('bluegreen_')) return { kind: 'own-trigger', name: `trigger:${String(body.trigname)}` };
+  if (type === 'AlterTableStmt') {
+    const cmds = (body.cmds as { AlterTableCmd?: { subtype?: string; def?: { Constraint?: { contype?: string; conname?: string } } } }[]) ?? [];
+    const con = cmds[0]?.AlterTableCmd?.def?.Constraint;
+    if (cmds[0]?.AlterTableCmd?.subtype === 'AT_AddConstraint' && con) {
+      const name = `constraint:${rel(body.relation)}.${con.conname ?? '?'}`;
+      return { kind: con.contype === 'CONSTR_FOREIGN' ? 'foreign-key' : 'constraint', name };
+    }
+    return { kind: 'other', name: `alter:${rel(body.relation)}` };
+  }
+  if (type === 'CreateTrigStmt') return { kind: 'other', name: `trigger:${rel(body.relation)}.${String(body.trigname)}` };
+  return { kind: 'other', name: type.replace(/Stmt$/, '').toLowerCase() };
+}

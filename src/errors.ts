@@ -1,0 +1,122 @@
+// Every failure an operator can act on is an OperatorError: a message, a hint that names the fix,
+// and an exit code chosen by cause (documented in README.md and runbooks/exit-codes.md).
+
+/** Exit codes by cause; the numbers are part of the CLI contract. */
+export const ExitCode = {
+  ok: 0,
+  usage: 1,
+  config: 2,
+  state: 3,
+  postgres: 4,
+  findings: 5,
+  source: 6,
+  target: 7,
+  cutoverRolledBack: 8,
+} as const;
+
+/** One of the documented exit codes. */
+export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
+
+/** Base error for everything the operator should read: carries a hint and an exit code. */
+export class OperatorError extends Error {
+  /** What to do about it, in one sentence. */
+  readonly hint: string;
+  /** The process exit code this error maps to. */
+  readonly exitCode: ExitCodeValue;
+  /** Extra structured detail for `--json` output (never secrets). */
+  readonly detail: Record<string, unknown>;
+
+  constructor(message: string, opts: { hint: string; exitCode: ExitCodeValue; detail?: Record<string, unknown>; cause?: unknown }) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = new.target.name;
+    this.hint = opts.hint;
+    this.exitCode = opts.exitCode;
+    this.detail = opts.detail ?? {};
+  }
+
+  /** The JSON shape printed under `error` by `--json`. */
+  toJSON(): Record<string, unknown> {
+    return { name: this.name, message: this.message, hint: this.hint, exitCode: this.exitCode, ...this.detail };
+  }
+}
+
+/** Bad command-line arguments. */
+export class UsageError extends OperatorError {
+  constructor(message: string, hint: string) {
+    super(message, { hint, exitCode: ExitCode.usage });
+  }
+}
+
+/** One config problem, with the path of the offending key. */
+export interface ConfigIssue {
+  /** Dotted path inside the config file, e.g. `blue.dsn`. */
+  path: string;
+  /** What is wrong there. */
+  message: string;
+}
+
+/** The config file is missing, unreadable or invalid; lists every problem at once. */
+export class ConfigError extends OperatorError {
+  /** All problems found, each with its path. */
+  readonly issues: ConfigIssue[];
+
+  constructor(file: string, issues: ConfigIssue[], hint = `fix the listed keys in ${file} and run the command again`) {
+    const lines = issues.map((i) => `  - ${i.path || '(root)'}: ${i.message}`).join('\n');
+    super(`config ${file} is invalid:\n${lines}`, { hint, exitCode: ExitCode.config, detail: { file, issues } });
+    this.issues = issues;
+  }
+}
+
+/** The run journal or the databases are not in the state this command needs. */
+export class StateError extends OperatorError {
+  constructor(message: string, hint: string, detail?: Record<string, unknown>) {
+    super(message, { hint, exitCode: ExitCode.state, ...(detail ? { detail } : {}) });
+  }
+}
+
+/** Another run holds the advisory lock on blue. */
+export class LockHeldError extends StateError {
+  constructor(holderPid: number | null) {
+    super(
+      `another migrate run holds the run lock on blue${holderPid === null ? '' : ` (backend pid ${holderPid})`}`,
+      'wait for that run to finish, or check `migrate status`; never run two applies at once',
+      { holderPid },
+    );
+  }
+}
+
+/** Blockers found by plan, lint or validation. */
+export class FindingsError extends OperatorError {
+  constructor(message: string, hint: string, detail?: Record<string, unknown>) {
+    super(message, { hint, exitCode: ExitCode.findings, ...(detail ? { detail } : {}) });
+  }
+}
+
+/** Which side of the migration a connection belongs to. */
+export type Side = 'blue' | 'green';
+
+/** A database side (blue = source, green = target) cannot be reached or refused us. */
+export class ConnectionError extends OperatorError {
+  constructor(side: Side, message: string, hint: string, cause?: unknown) {
+    super(message, { hint, exitCode: side === 'blue' ? ExitCode.source : ExitCode.target, detail: { side }, cause });
+  }
+}
+
+/** An external binary or the migration source failed (exit 6: the source of truth for the change). */
+export class SourceError extends OperatorError {
+  constructor(message: string, hint: string, detail?: Record<string, unknown>) {
+    super(message, { hint, exitCode: ExitCode.source, ...(detail ? { detail } : {}) });
+  }
+}
+
+/** A Postgres statement failed; shows SQLSTATE, detail, hint and, for migration files, file:line:column. */
+export class PostgresError extends OperatorError {
+  constructor(message: string, hint: string, detail: Record<string, unknown>, cause?: unknown) {
+    super(message, { hint, exitCode: ExitCode.postgres, detail, cause });
+  }
+}
+
+/** The exit code for any thrown value: OperatorErrors carry their own, anything else is a bug (4 is wrong, 1 hides it). */
+export function exitCodeOf(err: unknown): number {
+  return err instanceof OperatorError ? err.exitCode : 70;
+}

@@ -1,0 +1,155 @@
+// The one coordinator: validates every step before anything is written, then runs each step's plan
+// under the journal, skipping what a previous attempt finished. It returns results (kysely-style)
+// instead of throwing halfway; the CLI prints them and exits with the error's code.
+
+import crypto from 'node:crypto';
+import type { ResolvedConfig } from './config/load.ts';
+import { connect, type Db } from './db/connect.ts';
+import { describeDsn } from './db/redact.ts';
+import { OperatorError, StateError } from './errors.ts';
+import { createSource } from './sources/index.ts';
+import { acquireRunLock, installState, Journal, latestRun, openRun, type ResumeMode } from './state/journal.ts';
+import { capture } from './steps/capture.ts';
+import { cleanup } from './steps/cleanup.ts';
+import { migrate } from './steps/migrate.ts';
+import { preflight } from './steps/preflight.ts';
+import { snapshot } from './steps/snapshot.ts';
+import type { Action, RunOptions, Step, StepContext, StepName } from './steps/step.ts';
+import { validate } from './steps/validate.ts';
+
+/** Every step, in the order apply runs them. */
+export const STEPS: readonly Step[] = [preflight, capture, snapshot, cleanup, migrate, validate];
+
+/** Outcome of one step. */
+export interface StepResult {
+  /** Step name. */
+  name: StepName;
+  /** done: ran now; skipped: a previous attempt finished it; failed; not-run: an earlier step failed. */
+  status: 'done' | 'skipped' | 'failed' | 'not-run';
+  /** Wall time of this attempt. */
+  ms: number;
+  /** Figures the step reported. */
+  detail?: Record<string, unknown>;
+  /** Actions executed (the plan). */
+  actions?: Action[];
+}
+
+/** Receives progress; the CLI renders it with listr2 on a TTY or as plain lines. */
+export interface ProgressSink {
+  /** Wraps one step's execution. */
+  step<T>(name: StepName, title: string, fn: (update: (text: string) => void) => Promise<T>): Promise<T>;
+}
+
+/** Open connections plus the context every step gets. */
+export interface Session {
+  /** The step context (journal null until a run is opened). */
+  ctx: StepContext;
+  /** Closes both connections. */
+  close(): Promise<void>;
+}
+
+/** Connects to both sides and builds a step context (no writes). */
+export async function openSession(config: ResolvedConfig, options: RunOptions): Promise<Session> {
+  const blue: Db = await connect('blue', config.blueDsn, 'migrate-control');
+  let green: Db;
+  try {
+    green = await connect('green', config.greenDsn, 'migrate-control');
+  } catch (err) {
+    await blue.end().catch(() => {});
+    throw err;
+  }
+  const sourceConfig = config.raw.migrations.kind === 'command' ? config.raw.migrations : { ...config.raw.migrations, dir: config.migrationsDir ?? config.raw.migrations.dir };
+  const source = createSource(sourceConfig, { greenDsn: config.greenDsn });
+  const ctx: StepContext = { config, blue, green, journal: null, source, options, progress: () => {} };
+  return {
+    ctx,
+    close: async () => {
+      await blue.end().catch(() => {});
+      await green.end().catch(() => {});
+    },
+  };
+}
+
+/** Digest of the config as written (no resolved secrets), recorded with each run. */
+export function configDigest(config: ResolvedConfig): string {
+  return crypto.createHash('sha256').update(JSON.stringify(config.raw)).digest('hex').slice(0, 16);
+}
+
+/** Every step's plan, computed read-only. */
+export async function planAll(ctx: StepContext, steps: readonly Step[] = STEPS): Promise<{ step: StepName; purpose: string; actions: Action[] }[]> {
+  for (const s of steps) await s.validate(ctx);
+  const out = [];
+  for (const s of steps) out.push({ step: s.name, purpose: s.purpose, actions: await s.plan(ctx) });
+  return out;
+}
+
+/** Outcome of an apply. */
+export interface ApplyOutcome {
+  /** The run worked on. */
+  runId: string | null;
+  /** True when an unfinished run was continued. */
+  resumed: boolean;
+  /** Per-step results. */
+  results: StepResult[];
+  /** The error that stopped the run, if any. */
+  error: OperatorError | null;
+}
+
+/** Which steps `apply` runs; everything after a failure is reported as not-run. */
+export async function apply(ctx: StepContext, mode: ResumeMode, sink: ProgressSink, steps: readonly Step[] = STEPS): Promise<ApplyOutcome> {
+  await acquireRunLock(ctx.blue);
+  for (const s of steps) await s.validate(ctx);
+  const last = await latestRun(ctx.blue);
+  if (mode === 'resume' && !(last && (last.status === 'running' || last.status === 'failed'))) {
+    throw new StateError('there is no unfinished run to resume', 'run `migrate apply` without --resume to start a new run');
+  }
+  await installState(ctx.blue);
+  const { run, resumed } = await openRun(ctx.blue, { mode, configDigest: configDigest(ctx.config), greenTarget: describeDsn(ctx.config.greenDsn) });
+  const journal = new Journal(ctx.blue, run.run_id);
+  ctx.journal = journal;
+  const results: StepResult[] = [];
+  let error: OperatorError | null = null;
+  for (const s of steps) {
+    if (error) {
+      results.push({ name: s.name, status: 'not-run', ms: 0 });
+      continue;
+    }
+    const previous = (await journal.done(s.name)).get('');
+    if (previous) {
+      results.push({ name: s.name, status: 'skipped', ms: 0, detail: previous });
+      continue;
+    }
+    const started = Date.now();
+    try {
+      const { detail, actions } = await sink.step(s.name, s.purpose, async (update) => {
+        ctx.progress = update;
+        await journal.start(s.name);
+        const planned = await s.plan(ctx);
+        const out = await s.run(ctx, planned);
+        await s.verify(ctx);
+        await journal.finish(s.name, '', out);
+        return { detail: out, actions: planned };
+      });
+      results.push({ name: s.name, status: 'done', ms: Date.now() - started, detail, actions });
+    } catch (err) {
+      error = asOperatorError(err);
+      await journal.fail(s.name, '', error.message).catch(() => {});
+      results.push({ name: s.name, status: 'failed', ms: Date.now() - started, detail: error.toJSON() });
+    } finally {
+      ctx.progress = () => {};
+    }
+  }
+  await journal.updateRun({ status: error ? 'failed' : 'done' });
+  return { runId: run.run_id, resumed, results, error };
+}
+
+/** Wraps unexpected errors so every failure has a hint and an exit code. */
+export function asOperatorError(err: unknown): OperatorError {
+  if (err instanceof OperatorError) return err;
+  const e = err as Error;
+  return new OperatorError(`internal error: ${e?.message ?? String(err)}`, {
+    hint: 'this is a bug in migrate; rerun with --resume, and report it with the output of `migrate status --json`',
+    exitCode: 4,
+    detail: { stack: e?.stack?.split('\n').slice(0, 5) },
+  });
+}

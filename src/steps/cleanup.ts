@@ -1,0 +1,133 @@
+// Cleanup: years-old dirty rows make the new migrations fail (orphans under a re-added foreign
+// key, text that will not cast, duplicates a merge cannot hold). Find them with one query per rule,
+// move them and their dependents to quarantine, and validate the foreign keys the copy left NOT VALID.
+
+import { listForeignKeys, listTables, type ForeignKey } from '../db/catalog.ts';
+import { query, type Db } from '../db/connect.ts';
+import { readMarker } from '../db/green.ts';
+import { installQuarantine, quarantineRule, withEphemeralHelpers, type MoveStep } from '../db/quarantine.ts';
+import { ident, qualified, tableKey } from '../db/sql.ts';
+import { ConfigError, FindingsError, type ConfigIssue } from '../errors.ts';
+import { unitOnce, type Action, type Step, type StepContext } from './step.ts';
+
+/** A rule ready to evaluate: its name and the move it starts. */
+export interface ResolvedRule extends MoveStep {
+  /** Rule name (configured, or `fk-orphans:<constraint>`). */
+  name: string;
+}
+
+/** Rules for rows whose foreign key points nowhere (derived from the catalog, not configured). */
+export function foreignKeyRules(fks: readonly ForeignKey[]): ResolvedRule[] {
+  return fks.map((fk) => {
+    const notNull = fk.childColumns.map((c) => `t.${ident(c)} IS NOT NULL`).join(' AND ');
+    const match = fk.childColumns.map((c, i) => `p.${ident(fk.parentColumns[i] ?? c)} = t.${ident(c)}`).join(' AND ');
+    return {
+      name: `fk-orphans:${fk.name}`,
+      table: fk.child,
+      where: `${notNull} AND NOT EXISTS (SELECT 1 FROM ${qualified(fk.parent.schema, fk.parent.name)} p WHERE ${match})`,
+      reason: `${tableKey(fk.child)}(${fk.childColumns.join(', ')}) points to no ${tableKey(fk.parent)} row (foreign key ${fk.name})`,
+    };
+  });
+}
+
+function splitTable(table: string): { schema: string; name: string } {
+  const [schema = 'public', name = ''] = table.split('.');
+  return { schema, name };
+}
+
+/** Configured rules first (they remove whole objects with dependents), then foreign-key orphans. */
+async function resolveRules(ctx: StepContext, db: Db): Promise<ResolvedRule[]> {
+  const configured = ctx.config.cleanupRules.map((r) => ({ name: r.name, table: splitTable(r.table), where: r.where, reason: r.reason }));
+  return [...configured, ...foreignKeyRules(await listForeignKeys(db))];
+}
+
+/** Green once the copy is loaded, else blue (green will hold exactly blue's rows). */
+async function inspected(ctx: StepContext): Promise<{ db: Db; side: 'blue' | 'green' }> {
+  const marker = await readMarker(ctx.green);
+  return marker?.loaded_at ? { db: ctx.green, side: 'green' } : { db: ctx.blue, side: 'blue' };
+}
+
+async function countRule(db: Db, rule: ResolvedRule, keyColumns: string[]): Promise<{ rows: number; sample: Record<string, unknown>[] }> {
+  const from = `${qualified(rule.table.schema, rule.table.name)} t WHERE ${rule.where}`;
+  const count = await query<{ n: string }>(db, `SELECT count(*) AS n FROM ${from}`, [], { sql: rule.where });
+  const cols = keyColumns.length ? keyColumns.map((c) => `t.${ident(c)}`).join(', ') : 't.ctid::text AS ctid';
+  const sample = await query(db, `SELECT ${cols} FROM ${from} ORDER BY 1 LIMIT 5`);
+  return { rows: Number(count.rows[0]?.n ?? 0), sample: sample.rows };
+}
+
+/** The cleanup step. */
+export const cleanup = {
+  name: 'cleanup',
+  purpose: 'move rows the new constraints would reject (and their dependents) to quarantine',
+  async validate(ctx) {
+    // A rule with broken SQL must fail before anything is written: EXPLAIN each one on blue.
+    const issues: ConfigIssue[] = [];
+    await withEphemeralHelpers(ctx.blue, async () => {
+      for (const [i, r] of ctx.config.cleanupRules.entries()) {
+        try {
+          await ctx.blue.query('SAVEPOINT rule_check');
+          await ctx.blue.query(`EXPLAIN SELECT 1 FROM ${qualified(splitTable(r.table).schema, splitTable(r.table).name)} t WHERE ${r.where}`);
+          await ctx.blue.query('RELEASE SAVEPOINT rule_check');
+        } catch (err) {
+          await ctx.blue.query('ROLLBACK TO SAVEPOINT rule_check');
+          issues.push({ path: `cleanup.rules.${i}`, message: `rule ${r.name} does not run on blue: ${(err as Error).message}` });
+        }
+      }
+    });
+    if (issues.length) throw new ConfigError(ctx.config.file, issues, 'fix the rule (table name, or the SQL in `where`, alias t) and run again');
+  },
+  async plan(ctx) {
+    const { db, side } = await inspected(ctx);
+    const pk = new Map((await listTables(db)).map((t) => [tableKey(t), t.primaryKey]));
+    const evaluate = async (): Promise<Action[]> => {
+      const actions: Action[] = [];
+      for (const rule of await resolveRules(ctx, db)) {
+        const found = await countRule(db, rule, pk.get(tableKey(rule.table)) ?? []);
+        if (!found.rows) continue;
+        actions.push({
+          id: `rule:${rule.name}`,
+          sentence: `quarantine ${found.rows} ${tableKey(rule.table)} row(s) and their dependents: ${rule.reason}`,
+          side: 'green',
+          sql: rule.where,
+          facts: { table: tableKey(rule.table), rows: found.rows, sample: found.sample, countedOn: side },
+        });
+      }
+      return actions;
+    };
+    // Rules may call our helpers (is_json); they are installed for the count and rolled back.
+    const actions = await withEphemeralHelpers(db, evaluate);
+    actions.push({ id: 'validate-foreign-keys', sentence: 'VALIDATE the foreign keys the copy left NOT VALID', side: 'green' });
+    return actions;
+  },
+  async run(ctx, actions) {
+    await installQuarantine(ctx.green);
+    const rules = new Map((await resolveRules(ctx, ctx.green)).map((r) => [`rule:${r.name}`, r]));
+    const done = await ctx.journal!.done('cleanup');
+    const byReason: Record<string, number> = {};
+    let total = 0;
+    for (const action of actions) {
+      const rule = rules.get(action.id);
+      if (!rule) continue;
+      const { detail } = await unitOnce(ctx, 'cleanup', action.id, async () => ({ moved: await quarantineRule(ctx.green, ctx.journal!.runId, rule.name, rule) }), done);
+      const moved = Object.values(detail.moved as Record<string, number>).reduce((a, b) => a + b, 0);
+      byReason[rule.name] = (byReason[rule.name] ?? 0) + moved;
+      total += moved;
+      ctx.progress(`${rule.name}: ${moved} row(s) quarantined`);
+    }
+    const validated = await unitOnce(ctx, 'cleanup', 'validate-foreign-keys', async () => {
+      const names: string[] = [];
+      for (const fk of (await listForeignKeys(ctx.green)).filter((f) => !f.validated)) {
+        await query(ctx.green, `ALTER TABLE ${qualified(fk.child.schema, fk.child.name)} VALIDATE CONSTRAINT ${ident(fk.name)}`, [], { side: 'green' });
+        names.push(fk.name);
+      }
+      return { validated: names };
+    }, done);
+    return { quarantined: total, byRule: byReason, validatedForeignKeys: validated.detail.validated };
+  },
+  async verify(ctx) {
+    const invalid = (await listForeignKeys(ctx.green)).filter((f) => !f.validated);
+    if (invalid.length) {
+      throw new FindingsError(`foreign keys still NOT VALID on green: ${invalid.map((f) => f.name).join(', ')}`, 'add a cleanup rule for the violating rows and rerun with --resume');
+    }
+  },
+} satisfies Step;
