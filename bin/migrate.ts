@@ -37,7 +37,9 @@ function anyInt(value: string): number {
 let jsonMode = false;
 
 function print(result: CommandResult): never {
-  process.stdout.write(`${jsonMode ? JSON.stringify(result.json) : redact(result.text)}\n`);
+  // A failed command's report goes to stderr, so scripts reading stdout never mistake it for output.
+  if (jsonMode) process.stdout.write(`${JSON.stringify(result.json)}\n`);
+  else (result.exitCode === 0 ? process.stdout : process.stderr).write(`${redact(result.text)}\n`);
   process.exit(result.exitCode);
 }
 

@@ -59,7 +59,8 @@ describe('migrate apply on the dirty Hydra fixture', () => {
         return (await c.query(`SELECT to_jsonb(t) AS row FROM ${d.table} t WHERE ${where}`, Object.values(d.key))).rows[0]?.row;
       });
       expect(blueRow, `${d.dirtyClass} ${JSON.stringify(d.key)} on blue`).toBeTruthy();
-      const held = await withClient(pair.greenDsn, async (c) => (await c.query(`SELECT row FROM bluegreen_quarantine.${table} WHERE row @> $1::jsonb`, [JSON.stringify(d.key)])).rows);
+      const keyMatch = Object.keys(d.key).map((k, i) => `row->>'${k}' = $${i + 1}`).join(' AND ');
+      const held = await withClient(pair.greenDsn, async (c) => (await c.query(`SELECT row FROM bluegreen_quarantine.${table} WHERE ${keyMatch}`, Object.values(d.key))).rows);
       expect(held, `${d.dirtyClass} ${JSON.stringify(d.key)} in quarantine`).toHaveLength(1);
       expect(held[0].row).toEqual(blueRow);
     }
