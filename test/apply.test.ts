@@ -91,9 +91,17 @@ describe('migrate apply on the dirty Hydra fixture', () => {
     });
   });
 
-  it('refuses a second fresh apply once green holds this run, and says how to rebuild', async () => {
+  it('refuses a second fresh apply once green holds this run, and rebuilds the same green with --restart', async () => {
     const again = await runCli(['apply', '--config', cfg.file], cfg.env);
     expect(again.code).toBe(3);
     expect(again.stderr).toContain('--restart');
+    const restarted = await runCli(['apply', '--config', cfg.file, '--restart', '--json'], cfg.env);
+    expect(restarted.code, restarted.stderr).toBe(0);
+    const doc = JSON.parse(restarted.stdout);
+    expect(doc.runId).not.toBe(applyJson.runId);
+    expect(doc.validation.passed).toBe(true);
+    expect(doc.quarantine.rows).toBe(applyJson.quarantine.rows);
+    const runs = await withClient(pair.greenDsn, async (c) => (await c.query(`SELECT DISTINCT run_id FROM bluegreen_quarantine.hydra_client UNION SELECT run_id FROM bluegreen_green.copy`)).rows);
+    expect(runs).toEqual([{ run_id: doc.runId }]);
   });
 });
