@@ -5,11 +5,15 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { applyCommand } from '../src/commands/apply.ts';
 import { demoCommand } from '../src/commands/demo.ts';
 import { doctorCommand } from '../src/commands/doctor.ts';
+import { lintCommand } from '../src/commands/lint.ts';
 import { planCommand } from '../src/commands/plan.ts';
 import { quarantineListCommand, quarantineRestoreCommand } from '../src/commands/quarantine.ts';
 import { errorResult, type CommandResult } from '../src/commands/result.ts';
 import { statusCommand } from '../src/commands/status.ts';
+import { cutoverCommand } from '../src/commands/cutover.ts';
+import { rollbackCommand } from '../src/commands/rollback.ts';
 import { validateCommand } from '../src/commands/validate.ts';
+import { drainCommand } from '../src/commands/drain.ts';
 import { configJsonSchema } from '../src/config/schema.ts';
 import { redact } from '../src/db/redact.ts';
 import { ExitCode } from '../src/errors.ts';
@@ -86,6 +90,9 @@ program
   .description('print every action `apply` will run (same code, read-only), with dirty rows per cleanup rule')
   .addOption(configOption())
   .addOption(jsonOption())
+  .option('--in-place', 'plan an in-place run on blue: the lock-safe rewrites and the constraint pre-flight')
+  .option('--no-rewrite', 'with --in-place: show the statements as written')
+  .option('--queries <file>', "the application's queries, checked for SELECT * on tables the migrations change")
   .action((o) => run(o.json, () => planCommand(o)));
 
 program
@@ -97,12 +104,42 @@ program
   .option('--restart', 'abandon the unfinished run and start over (green is wiped, only if migrate created it)')
   .option('--accept-new-snapshot', 'with --resume: copy the remaining tables from a new snapshot when the old one is gone')
   .option('--dry-run', 'CI rehearsal against a copied database: everything except cutover')
+  .option('--report-md <file>', 'also write the report (steps, validation, metrics) as Markdown, e.g. $GITHUB_STEP_SUMMARY')
+  .option('--in-place', 'run the pending migrations on blue itself, lock-safe (no green, no copy)')
+  .option('--no-rewrite', 'with --in-place: run the statements as written (still under lock_timeout with retries)')
   .option('-j, --jobs <n>', 'parallel copy and index workers (default: config snapshot.jobs, else CPU cores)', positiveInt)
+  .addOption(new Option('--verify <mode>', 'copy check: sample (checksums of very large tables sampled) or full (every row)').choices(['sample', 'full']))
   .addHelpText('after', `
 After a crash or a failed step, fix the cause and run \`migrate apply --resume\`: finished tables,
 indexes and migrations are skipped. If the copy was interrupted, the old snapshot is gone; resume
 then asks for --accept-new-snapshot (or use --restart for a fully consistent copy).${EXIT_CODES_HELP}`)
   .action((o) => run(o.json, () => applyCommand(o)));
+
+program
+  .command('lint')
+  .description('lint migrations for lock hazards (exit 5 on a finding, 0 when clean); without files, the configured migrations')
+  .argument('[files...]', 'migration files (.sql)')
+  .addOption(new Option('-c, --config <file>', 'config file: lint its migrations, and use its lint settings'))
+  .addOption(jsonOption())
+  .option('--queries <file>', "the application's queries (one per line or ;-separated), checked for SELECT * on changed tables")
+  .action((files: string[], o) => run(o.json, () => lintCommand(files, o)));
+
+program
+  .command('cutover')
+  .description('flip every configured target to green, all or nothing (guardrails, lever, validate, watch); exit 8 when rolled back')
+  .addOption(configOption())
+  .addOption(jsonOption())
+  .option('--yes', 'do not ask for confirmation (CI)')
+  .option('--report-md <file>', 'also write the metrics report as Markdown (e.g. $GITHUB_STEP_SUMMARY)')
+  .action((o) => run(o.json, () => cutoverCommand(o)));
+
+program
+  .command('rollback')
+  .description('show which targets are live on green (from the journal); with --yes roll them back newest first and restore the lever')
+  .addOption(configOption())
+  .addOption(jsonOption())
+  .option('--yes', 'do it (without --yes only the plan is shown)')
+  .action((o) => run(o.json, () => rollbackCommand(o)));
 
 program
   .command('status')
@@ -117,6 +154,16 @@ program
   .addOption(configOption())
   .addOption(jsonOption())
   .action((o) => run(o.json, () => validateCommand(o)));
+
+program
+  .command('drain')
+  .description('replay captured revocations (outbox, and the queue when configured) into the live side; resumable, idempotent')
+  .addOption(configOption())
+  .addOption(jsonOption())
+  .addOption(new Option('--into <side>', 'side to replay into (blue after a rollback replays green\'s outbox)').choices(['green', 'blue']).default('green'))
+  .addOption(new Option('--profile <profile>', 'replay semantics of the target (default: config replay.profile; hydra-v1 into blue)').choices(['hydra-v1', 'hydra-v2']))
+  .option('--batch-size <n>', 'outbox events per transaction', positiveInt)
+  .action((o) => run(o.json, () => drainCommand(o)));
 
 const quarantine = program.command('quarantine').description('rows cleanup moved aside (never deleted)');
 quarantine

@@ -1,10 +1,14 @@
 // `migrate apply`: run every step under the journal; `--resume` continues an unfinished run,
 // `--restart` abandons it and rebuilds green.
 
+import fs from 'node:fs';
 import type { ResolvedConfig } from '../config/load.ts';
 import { listQuarantine } from '../db/quarantine.ts';
 import { UsageError } from '../errors.ts';
 import { progressSink } from '../report/progress.ts';
+import { applyInPlaceCommand } from './apply-in-place.ts';
+import { applyMarkdown } from '../report/apply-summary.ts';
+import { collectMetrics, dbStats, metricsText, recordBaseline } from '../report/metrics.ts';
 import { apply, type ProgressSink, type StepResult } from '../runner.ts';
 import type { ValidationReport } from '../steps/validate.ts';
 import type { ResumeMode } from '../state/journal.ts';
@@ -25,8 +29,16 @@ export interface ApplyFlags {
   acceptNewSnapshot?: boolean;
   /** Parallel workers. */
   jobs?: number;
-  /** CI rehearsal: everything except cutover (there is no cutover step yet, so same as apply). */
+  /** Copy verification: `sample` (default) or `full`. */
+  verify?: 'sample' | 'full';
+  /** CI rehearsal against a copied database: everything except cutover, with the report. */
   dryRun?: boolean;
+  /** Also write the report as Markdown to this file (CI step summary). */
+  reportMd?: string;
+  /** Run the migrations on blue itself, lock-safe (no copy). */
+  inPlace?: boolean;
+  /** With inPlace: false runs statements as written (`--no-rewrite`). */
+  rewrite?: boolean;
   /** Progress sink override (demo, tests). */
   sink?: ProgressSink;
 }
@@ -49,9 +61,13 @@ export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
   if (flags.resume && flags.restart) throw new UsageError('--resume and --restart exclude each other', 'pass one of them');
   if (flags.acceptNewSnapshot && !flags.resume) throw new UsageError('--accept-new-snapshot only applies with --resume', 'add --resume');
   const mode: ResumeMode = flags.resume ? 'resume' : flags.restart ? 'restart' : 'fresh';
-  const run = { acceptNewSnapshot: !!flags.acceptNewSnapshot, restart: !!flags.restart, resume: !!flags.resume, ...(flags.jobs ? { jobs: flags.jobs } : {}) };
+  if (flags.inPlace) return applyInPlaceCommand(flags, mode);
+  const run = { acceptNewSnapshot: !!flags.acceptNewSnapshot, restart: !!flags.restart, resume: !!flags.resume, ...(flags.jobs ? { jobs: flags.jobs } : {}), ...(flags.verify ? { verify: flags.verify } : {}) };
   return withContext({ config: flags.config, run }, async (ctx) => {
+    const baseline = await dbStats(ctx.green);
     const outcome = await apply(ctx, mode, flags.sink ?? progressSink(!!flags.json));
+    await recordBaseline(ctx, baseline);
+    const metrics = await collectMetrics(ctx);
     const held = await listQuarantine(ctx.green).catch(() => []);
     const quarantine: QuarantineTotals = { rows: 0, byReason: {} };
     for (const q of held) {
@@ -70,11 +86,15 @@ export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
       steps: outcome.results.map((r) => ({ name: r.name, status: r.status, ms: r.ms })),
       quarantine,
       validation,
+      metrics,
+      ...(flags.dryRun ? { dryRun: true } : {}),
       ...(outcome.error ? { error: outcome.error.toJSON() } : {}),
     };
+    if (flags.reportMd) fs.writeFileSync(flags.reportMd, applyMarkdown(json, metrics, !!flags.dryRun));
     const lines = [`run ${outcome.runId}${outcome.resumed ? ' (resumed)' : ''}`, stepsTable(outcome.results), `quarantined rows: ${quarantine.rows}`];
     for (const [rule, n] of Object.entries(quarantine.byReason)) lines.push(`  ${rule}: ${n}`);
     if (validation) lines.push(`validation: ${validation.passed ? 'passed' : `FAILED\n  ${validation.failures.join('\n  ')}`}`);
+    lines.push(metricsText(metrics));
     if (outcome.error) lines.push(`error: ${outcome.error.message}`, `hint: ${outcome.error.hint}`);
     return { exitCode, json, text: lines.join('\n') };
   });

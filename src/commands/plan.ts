@@ -1,17 +1,21 @@
 // `migrate plan`: every action `apply` would run, computed by the same step code, read-only. With an
 // unfinished run on blue, it shows what `apply --resume` would still do.
 
-import { planAll } from '../runner.ts';
+import { migrateInPlace } from '../inplace/steps.ts';
+import { planAll, STEPS } from '../runner.ts';
+import { safetyLines, safetyReport } from './plan-safety.ts';
 import { latestRun } from '../state/journal.ts';
 import type { CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
 
 /** Runs `migrate plan`. */
-export async function planCommand(flags: CommonOptions): Promise<CommandResult> {
-  return withContext({ config: flags.config }, async (ctx) => {
+export async function planCommand(flags: CommonOptions & { inPlace?: boolean; rewrite?: boolean; queries?: string }): Promise<CommandResult> {
+  return withContext({ config: flags.config, run: { rewrite: flags.rewrite !== false } }, async (ctx) => {
     const last = await latestRun(ctx.blue);
     ctx.options.resume = last?.status === 'running' || last?.status === 'failed';
-    const steps = await planAll(ctx);
+    // In place, the pre-flight's failing rows are shown below instead of stopping the plan.
+    const steps = await planAll(ctx, flags.inPlace ? [migrateInPlace] : STEPS);
+    const safety = await safetyReport(ctx, flags.queries);
     const lines: string[] = ctx.options.resume ? [`run ${last?.run_id} is unfinished: this is what \`migrate apply --resume\` would still check and run`] : [];
     for (const s of steps) {
       lines.push(`${s.step}: ${s.purpose}`);
@@ -20,8 +24,10 @@ export async function planCommand(flags: CommonOptions): Promise<CommandResult> 
         lines.push(`  - [${a.id}] ${a.sentence}`);
         const sample = a.facts?.sample as unknown[] | undefined;
         if (sample?.length) lines.push(`      sample keys: ${sample.map((k) => JSON.stringify(k)).join(' ')}`);
+        if (a.facts?.mode) lines.push(...String(a.sql ?? '').split('\n').map((l) => `      ${l}`));
       }
     }
-    return { exitCode: 0, json: { ok: true, exitCode: 0, resume: ctx.options.resume, steps }, text: lines.join('\n') };
+    lines.push(...safetyLines(safety));
+    return { exitCode: 0, json: { ok: true, exitCode: 0, resume: ctx.options.resume, ...(flags.inPlace ? { inPlace: true } : {}), steps, safety }, text: lines.join('\n') };
   });
 }

@@ -15,7 +15,7 @@ export interface CommonOptions {
 
 /** Default run options, overridden by flags. */
 export function runOptions(config: ResolvedConfig, overrides: Partial<RunOptions> = {}): RunOptions {
-  return { acceptNewSnapshot: false, restart: false, resume: false, jobs: config.raw.snapshot.jobs ?? Math.max(1, os.availableParallelism()), ...overrides };
+  return { acceptNewSnapshot: false, restart: false, resume: false, verify: 'sample', jobs: config.raw.snapshot.jobs ?? Math.max(1, os.availableParallelism()), ...overrides };
 }
 
 /** Loads the config, connects, runs `fn`, closes. */

@@ -2,6 +2,7 @@
 // once with its path. Secrets (DSN passwords) may only come from the environment as `env:NAME`.
 
 import { z } from 'zod';
+import { cutoverSchema, guardrailsSchema, invariantSchema, leverSchema, watchSchema } from '../cutover/schema.ts';
 
 const identifierish = z.string().min(1).max(63);
 
@@ -60,6 +61,22 @@ const migrations = z.discriminatedUnion('kind', [
   }),
 ]);
 
+const envRef = z.string().regex(/^env:[A-Za-z_][A-Za-z0-9_]*$/, 'must be env:NAME (secrets come from the environment)');
+
+/** The revocation queue `migrate drain` pulls (Cloudflare Queues HTTP pull consumer), or none. */
+export const queueSchema = z.discriminatedUnion('kind', [
+  z.strictObject({ kind: z.literal('none') }),
+  z.strictObject({
+    kind: z.literal('cloudflare-http'),
+    accountId: z.string().min(1),
+    queueId: z.string().min(1).describe('the queue id, not its name'),
+    token: envRef.describe('API token with Queues Edit permission'),
+    hmacKey: envRef.describe('secret the router signs messages with'),
+    baseUrl: z.url().optional().describe('API base (default https://api.cloudflare.com/client/v4)'),
+    visibilityTimeoutMs: z.number().int().min(1000).max(43_200_000).default(60_000),
+  }),
+]);
+
 /** The whole config file. */
 export const configSchema = z.strictObject({
   $schema: z.string().optional(),
@@ -70,6 +87,7 @@ export const configSchema = z.strictObject({
   snapshot: z
     .strictObject({
       jobs: z.number().int().min(1).max(64).optional().describe('parallel copy workers (default: CPU cores)'),
+      splitTableBytes: z.number().int().min(1).optional().describe('tables larger than this are copied as primary-key ranges in parallel (default: a worker\'s fair share, at least 256 MiB)'),
       excludeSchemas: z.array(identifierish).default([]),
     })
     .default({ excludeSchemas: [] }),
@@ -80,6 +98,28 @@ export const configSchema = z.strictObject({
       skipTables: z.array(qualifiedTable).default([]).describe('tables not compared (e.g. dropped by the migrations)'),
     })
     .default({ skipTables: [] }),
+  inPlace: z
+    .strictObject({
+      lockTimeoutMs: z.number().int().min(10).max(600_000).default(500).describe('lock_timeout for every in-place statement; no writer waits longer'),
+      retries: z.number().int().min(0).max(100).default(10).describe('retries per statement after a lock timeout, with backoff'),
+      backfillBatchRows: z.number().int().min(1).max(1_000_000).default(5000).describe('rows per transaction of a batched backfill'),
+    })
+    .default({ lockTimeoutMs: 500, retries: 10, backfillBatchRows: 5000 }),
+  lint: z
+    .strictObject({
+      queriesFile: z.string().min(1).optional().describe("the application's queries, for the SELECT * check (relative to the config file)"),
+      ignore: z.array(z.string().min(1)).default([]).describe('lint rule ids not to report'),
+    })
+    .default({ ignore: [] }),
+  cutover: cutoverSchema.optional().describe('targets flipped all-or-nothing by `migrate cutover`'),
+  lever: leverSchema.optional().describe('raise token TTL for the window: prepare reads it, commit raises it, rollback restores {{saved}}'),
+  watch: watchSchema.optional(),
+  invariants: z.array(invariantSchema).default([]).describe('semantic invariants (added to the profile\'s)'),
+  guardrails: guardrailsSchema.default({ maxDrainBacklog: 1000 }),
+  queue: queueSchema.default({ kind: 'none' }).describe('where `migrate drain` pulls queued revocations from'),
+  replay: z
+    .strictObject({ profile: z.enum(['hydra-v1', 'hydra-v2']).default('hydra-v2').describe("replay semantics of the live side's schema") })
+    .default({ profile: 'hydra-v2' }),
 });
 
 /** The config file as written (after defaults). */

@@ -107,3 +107,22 @@ export async function listSequences(db: Db): Promise<SequenceState[]> {
   );
   return rows.map((r) => ({ schema: r.schema, name: r.name, lastValue: r.last_value }));
 }
+
+/** Planner estimates of a table, for progress (ETA) and sizing. */
+export interface TableEstimate {
+  /** pg_class.reltuples (0 when never analyzed). */
+  rows: number;
+  /** Size of the main fork in bytes (no indexes, no TOAST). */
+  heapBytes: number;
+}
+
+/** Row and heap-size estimates of user tables, keyed by `schema.table`. */
+export async function tableEstimates(db: Db): Promise<Map<string, TableEstimate>> {
+  const { rows } = await query<{ key: string; rows: string; heap: string }>(
+    db,
+    `SELECT n.nspname || '.' || c.relname AS key, greatest(c.reltuples, 0)::bigint::text AS rows, pg_relation_size(c.oid)::text AS heap
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind = 'r' AND ${USER_SCHEMA_FILTER}`,
+  );
+  return new Map(rows.map((r) => [r.key, { rows: Number(r.rows), heapBytes: Number(r.heap) }]));
+}

@@ -1,6 +1,7 @@
 // Schema DDL comes from pg_dump (`--section=pre-data|post-data`), run as an argv array with the
 // DSN in PG* variables. The post-data script is split with the real Postgres parser so each index
-// and constraint becomes its own resumable, parallel unit.
+// and constraint becomes its own resumable, parallel unit, tagged with the table it belongs to so
+// the snapshot can start it as soon as that table's data is in.
 
 import { spawn } from 'node:child_process';
 import { parse } from 'libpg-query';
@@ -49,6 +50,24 @@ export interface DumpStatement {
   kind: PostDataKind;
   /** The statement text, without the trailing semicolon. */
   sql: string;
+  /** `schema.table` the statement works on, when it names one. */
+  table?: string;
+  /** For a foreign key: the referenced `schema.table`. */
+  references?: string;
+  /** For a plain PRIMARY KEY / UNIQUE constraint: what is needed to build it as an index first. */
+  unique?: UniqueConstraint;
+}
+
+/** A PRIMARY KEY or UNIQUE constraint simple enough to build as `CREATE UNIQUE INDEX` + `USING INDEX`. */
+export interface UniqueConstraint {
+  /** Constraint (and index) name. */
+  name: string;
+  /** Key columns, in order. */
+  columns: string[];
+  /** PRIMARY KEY rather than UNIQUE. */
+  primary: boolean;
+  /** UNIQUE NULLS NOT DISTINCT. */
+  nullsNotDistinct: boolean;
 }
 
 interface RawStmt {
@@ -65,10 +84,10 @@ export async function splitDump(script: string): Promise<DumpStatement[]> {
   return tree.stmts.map((s) => {
     const start = s.stmt_location ?? 0;
     const sql = (s.stmt_len ? bytes.subarray(start, start + s.stmt_len) : bytes.subarray(start)).toString('utf8').trim().replace(/;\s*$/, '');
-    const { kind, name } = classify(s.stmt);
+    const { kind, name, ...extra } = classify(s.stmt);
     const n = (seen.get(name) ?? 0) + 1;
     seen.set(name, n);
-    return { id: n > 1 ? `${name}#${n}` : name, kind, sql };
+    return { id: n > 1 ? `${name}#${n}` : name, kind, sql, ...extra };
   });
 }
 
@@ -77,20 +96,46 @@ function rel(node: unknown): string {
   return r ? `${r.schemaname ?? 'public'}.${r.relname ?? '?'}` : '?';
 }
 
-function classify(stmt: Record<string, Record<string, unknown>>): { kind: PostDataKind; name: string } {
+interface ParsedConstraint {
+  contype?: string;
+  conname?: string;
+  keys?: { String?: { sval?: string } }[];
+  including?: unknown[];
+  options?: unknown[];
+  indexspace?: string;
+  deferrable?: boolean;
+  nulls_not_distinct?: boolean;
+  pktable?: unknown;
+}
+
+/** Only plain key lists convert; INCLUDE, WITH, TABLESPACE and DEFERRABLE keep pg_dump's own statement. */
+function uniqueOf(con: ParsedConstraint): UniqueConstraint | undefined {
+  if (con.contype !== 'CONSTR_PRIMARY' && con.contype !== 'CONSTR_UNIQUE') return undefined;
+  if (!con.conname || con.including?.length || con.options?.length || con.indexspace || con.deferrable) return undefined;
+  const columns = (con.keys ?? []).map((k) => k.String?.sval ?? '');
+  if (!columns.length || columns.some((c) => !c)) return undefined;
+  return { name: con.conname, columns, primary: con.contype === 'CONSTR_PRIMARY', nullsNotDistinct: !!con.nulls_not_distinct };
+}
+
+type Classified = { kind: PostDataKind; name: string; table?: string; references?: string; unique?: UniqueConstraint };
+
+function classify(stmt: Record<string, Record<string, unknown>>): Classified {
   const [type, body] = Object.entries(stmt)[0] ?? ['Unknown', {}];
   if (type === 'VariableSetStmt' || type === 'SelectStmt') return { kind: 'setting', name: `setting:${String(body.name ?? 'select')}` };
-  if (type === 'IndexStmt') return { kind: 'index', name: `index:${rel(body.relation).split('.')[0]}.${String(body.idxname)}` };
+  if (type === 'IndexStmt') return { kind: 'index', name: `index:${rel(body.relation).split('.')[0]}.${String(body.idxname)}`, table: rel(body.relation) };
   if (type === 'CreateTrigStmt' && String(body.trigname ?? '').startsWith('bluegreen_')) return { kind: 'own-trigger', name: `trigger:${String(body.trigname)}` };
   if (type === 'AlterTableStmt') {
-    const cmds = (body.cmds as { AlterTableCmd?: { subtype?: string; def?: { Constraint?: { contype?: string; conname?: string } } } }[]) ?? [];
+    const table = rel(body.relation);
+    const cmds = (body.cmds as { AlterTableCmd?: { subtype?: string; def?: { Constraint?: ParsedConstraint } } }[]) ?? [];
     const con = cmds[0]?.AlterTableCmd?.def?.Constraint;
     if (cmds[0]?.AlterTableCmd?.subtype === 'AT_AddConstraint' && con) {
-      const name = `constraint:${rel(body.relation)}.${con.conname ?? '?'}`;
-      return { kind: con.contype === 'CONSTR_FOREIGN' ? 'foreign-key' : 'constraint', name };
+      const name = `constraint:${table}.${con.conname ?? '?'}`;
+      if (con.contype === 'CONSTR_FOREIGN') return { kind: 'foreign-key', name, table, references: rel(con.pktable) };
+      const unique = uniqueOf(con);
+      return { kind: 'constraint', name, table, ...(unique ? { unique } : {}) };
     }
-    return { kind: 'other', name: `alter:${rel(body.relation)}` };
+    return { kind: 'other', name: `alter:${table}`, table };
   }
-  if (type === 'CreateTrigStmt') return { kind: 'other', name: `trigger:${rel(body.relation)}.${String(body.trigname)}` };
+  if (type === 'CreateTrigStmt') return { kind: 'other', name: `trigger:${rel(body.relation)}.${String(body.trigname)}`, table: rel(body.relation) };
   return { kind: 'other', name: type.replace(/Stmt$/, '').toLowerCase() };
 }

@@ -139,6 +139,11 @@ export async function restoreQuarantine(db: Db, rule?: string): Promise<Record<s
   const restored: Record<string, number> = {};
   await query(db, 'BEGIN');
   try {
+    // Orphans (rows whose parent never existed) can only go back as they were with the foreign-key
+    // triggers off for this transaction; that needs superuser. Without it, they fail with 23503 and
+    // everything else still restores with `--rule`.
+    await query(db, 'SAVEPOINT replica');
+    await db.query('SET LOCAL session_replication_role = replica').catch(() => db.query('ROLLBACK TO SAVEPOINT replica'));
     for (const g of groups) {
       const [schema = 'public', name = ''] = g.source.split('.');
       const target = qualified(schema, name);

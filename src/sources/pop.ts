@@ -101,13 +101,13 @@ export function popSource(dir: string): MigrationSource {
       const applied = await appliedVersions(db);
       return applied === null ? ms : ms.filter((m) => !applied.has(m.id));
     },
-    async apply(db, m) {
+    async apply(db, m, opts) {
       if ((await appliedVersions(db)) === null) await query(db, CREATE_TRACKING_TABLE, [], { side: 'green' });
       const done = await query(db, 'SELECT 1 FROM schema_migration WHERE version = $1', [m.id], { side: 'green' });
       if (done.rowCount) {
         throw new StateError(`pop migration ${m.id} (${m.name}) is already recorded in schema_migration`, 'list what is still pending with `migrate plan` and apply only that');
       }
-      await runWithTracking(db, m, { text: INSERT_TRACKING_ROW, values: [m.id] });
+      await runWithTracking(db, opts?.recordOnly ? { ...m, sql: '' } : m, { text: INSERT_TRACKING_ROW, values: [m.id] });
     },
   };
 }

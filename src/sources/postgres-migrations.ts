@@ -82,7 +82,7 @@ export function postgresMigrationsSource(dir: string): MigrationSource {
       const from = applied === null ? 1 : Math.max(1, nextId(applied));
       return files.filter((lm) => lm.id >= from).map((lm) => toMigration(root, lm));
     },
-    async apply(db, m) {
+    async apply(db, m, opts) {
       const locked = await query<{ ok: boolean }>(db, `SELECT pg_try_advisory_lock(${LIBRARY_LOCK}) AS ok`, [], { side: 'green' });
       if (!locked.rows[0]?.ok) {
         throw new StateError('another postgres-migrations run holds its advisory lock on green', "wait for the application's own migration run to finish, then rerun with --resume");
@@ -105,7 +105,7 @@ export function postgresMigrationsSource(dir: string): MigrationSource {
         if (lm.id !== expected) {
           throw new StateError(`${lm.fileName} is migration ${lm.id}, but the next one the migrations table expects is ${expected}`, 'apply pending migrations in id order, as `migrate plan` lists them');
         }
-        await runWithTracking(db, m, { text: INSERT_TRACKING_ROW, values: [lm.id, lm.name, lm.hash] });
+        await runWithTracking(db, opts?.recordOnly ? { ...m, sql: '' } : m, { text: INSERT_TRACKING_ROW, values: [lm.id, lm.name, lm.hash] });
       } finally {
         await db.query(`SELECT pg_advisory_unlock(${LIBRARY_LOCK})`).catch(() => {});
       }

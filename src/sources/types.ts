@@ -30,8 +30,8 @@ export interface MigrationSource {
   all(): Promise<Migration[]>;
   /** What would run on `db`, in run order; never writes. */
   pending(db: Db): Promise<Migration[]>;
-  /** Runs one migration together with its tracking row. */
-  apply(db: Db, m: Migration): Promise<void>;
+  /** Runs one migration together with its tracking row; `recordOnly` writes just the row (in-place mode ran the SQL as rewritten units). */
+  apply(db: Db, m: Migration, opts?: { recordOnly?: boolean }): Promise<void>;
 }
 
 /** Config of a source (mirrors the config file's `migrations` key). */

@@ -8,6 +8,7 @@ import { readMarker } from '../db/green.ts';
 import { installQuarantine, quarantineRule, withEphemeralHelpers, type MoveStep } from '../db/quarantine.ts';
 import { ident, qualified, tableKey } from '../db/sql.ts';
 import { ConfigError, FindingsError, type ConfigIssue } from '../errors.ts';
+import { derivedRules, excludingEarlier } from '../lint/preflight.ts';
 import { unitOnce, type Action, type Step, type StepContext } from './step.ts';
 
 /** A rule ready to evaluate: its name and the move it starts. */
@@ -35,10 +36,15 @@ function splitTable(table: string): { schema: string; name: string } {
   return { schema, name };
 }
 
-/** Configured rules first (they remove whole objects with dependents), then foreign-key orphans. */
-async function resolveRules(ctx: StepContext, db: Db): Promise<ResolvedRule[]> {
+/**
+ * Configured rules first (they remove whole objects with dependents), then foreign-key orphans,
+ * then the constraints the pending migrations' DDL adds (src/lint/constraints.ts). A DDL-derived
+ * rule leaves out rows an earlier rule on the same table already takes, so no row class is listed twice.
+ */
+export async function resolveRules(ctx: StepContext, db: Db): Promise<ResolvedRule[]> {
   const configured = ctx.config.cleanupRules.map((r) => ({ name: r.name, table: splitTable(r.table), where: r.where, reason: r.reason }));
-  return [...configured, ...foreignKeyRules(await listForeignKeys(db))];
+  const earlier = [...configured, ...foreignKeyRules(await listForeignKeys(db))];
+  return [...earlier, ...excludingEarlier(earlier, await derivedRules(ctx, db))];
 }
 
 /** Green once the copy is loaded, else blue (green will hold exactly blue's rows). */
@@ -47,7 +53,8 @@ async function inspected(ctx: StepContext): Promise<{ db: Db; side: 'blue' | 'gr
   return marker?.loaded_at ? { db: ctx.green, side: 'green' } : { db: ctx.blue, side: 'blue' };
 }
 
-async function countRule(db: Db, rule: ResolvedRule, keyColumns: string[]): Promise<{ rows: number; sample: Record<string, unknown>[] }> {
+/** Counts a rule's rows and takes up to five sample keys. */
+export async function countRule(db: Db, rule: ResolvedRule, keyColumns: string[]): Promise<{ rows: number; sample: Record<string, unknown>[] }> {
   const from = `${qualified(rule.table.schema, rule.table.name)} t WHERE ${rule.where}`;
   const count = await query<{ n: string }>(db, `SELECT count(*) AS n FROM ${from}`, [], { sql: rule.where });
   const cols = keyColumns.length ? keyColumns.map((c) => `t.${ident(c)}`).join(', ') : 't.ctid::text AS ctid';

@@ -1,106 +1,28 @@
 // Snapshot: copy blue into green from one exported snapshot while blue keeps serving. Pre-data DDL
-// from pg_dump, table data streamed server to server with binary COPY (no files), then indexes and
-// constraints in parallel, foreign keys NOT VALID then VALIDATE, sequences, ANALYZE. Each table and
-// each post-data object is a journal unit, so a crash resumes where it stopped.
+// from pg_dump, then one task graph on N workers: table data streamed server to server with binary
+// COPY (large tables as PK ranges, largest first), each table's indexes and PK/UNIQUE constraints as
+// soon as its data is in, foreign keys once both sides are ready, ANALYZE per table, sequences, and a
+// verification against counts and checksums taken inside the snapshot. Every unit is journalled, so a
+// crash resumes where it stopped. Units and their order: src/snapshot/units.ts.
 
-import { pipeline } from 'node:stream/promises';
-import { Transform } from 'node:stream';
-import copyStreams from 'pg-copy-streams';
-import { listSequences, listTables, type TableInfo } from '../db/catalog.ts';
-import { connect, query, toPostgresError, type Db } from '../db/connect.ts';
+import { listSequences, listTables, tableEstimates, type TableInfo } from '../db/catalog.ts';
+import { connect, query, type Db } from '../db/connect.ts';
 import { dumpSection, splitDump, type DumpStatement } from '../db/dump.ts';
 import { assertGreenUsable, markLoaded, readMarker, userTableCount, wipeGreen, writeMarker } from '../db/green.ts';
-import { runPool } from '../db/parallel.ts';
-import { ident, literal, qualified, tableKey } from '../db/sql.ts';
+import { runGraph } from '../db/parallel.ts';
+import { literal, qualified, tableKey } from '../db/sql.ts';
 import { StateError } from '../errors.ts';
+import { copyRange, copyWhole, rangePredicate, splitRanges, type KeyRange } from '../snapshot/copy.ts';
+import { fingerprint, SAMPLE_ABOVE_BYTES } from '../snapshot/check.ts';
+import { exportSnapshot, importSnapshot, openGreenWorker, runPostData } from '../snapshot/session.ts';
+import { verifyCopy } from '../snapshot/verify.ts';
+import { CopyProgress } from '../snapshot/progress.ts';
+import { defaultSplitBytes, planUnits, rangesUnit, type UnitAction } from '../snapshot/units.ts';
 import { unitOnce, type Action, type Step, type StepContext } from './step.ts';
 
-const DUPLICATE_OBJECT = new Set(['42P07', '42710', '42P16']);
-
-/** Journal unit id of a table's data. */
-export const dataUnit = (t: { schema: string; name: string }): string => `data:${tableKey(t)}`;
-
-async function postDataStatements(ctx: StepContext, snapshotId?: string): Promise<DumpStatement[]> {
-  const script = await dumpSection(ctx.config.blueDsn, 'post-data', { ...(snapshotId ? { snapshot: snapshotId } : {}), excludeSchemas: ctx.config.raw.snapshot.excludeSchemas });
-  return (await splitDump(script)).filter((s) => s.kind !== 'own-trigger');
-}
-
-/** Opens a blue connection inside the exported snapshot (REPEATABLE READ, read only). */
-async function importSnapshot(dsn: string, snapshotId: string): Promise<Db> {
-  const db = await connect('blue', dsn, 'migrate-snapshot-worker');
-  try {
-    await db.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-    await db.query(`SET TRANSACTION SNAPSHOT ${literal(snapshotId)}`);
-  } catch (err) {
-    await db.end().catch(() => {});
-    throw err;
-  }
-  return db;
-}
-
-/** True when an exported snapshot can still be imported (its exporting transaction is alive). */
-async function snapshotAlive(dsn: string, snapshotId: string): Promise<boolean> {
-  try {
-    const db = await importSnapshot(dsn, snapshotId);
-    await db.end();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Streams one table blue -> green inside one green transaction (TRUNCATE + COPY FREEZE: rerunnable). */
-async function copyTable(blue: Db, green: Db, table: TableInfo, onBytes: (n: number) => void): Promise<{ rows: number; bytes: number }> {
-  const cols = table.columns.map(ident).join(', ');
-  const target = qualified(table.schema, table.name);
-  let bytes = 0;
-  await query(green, 'BEGIN', [], { side: 'green' });
-  try {
-    await query(green, `TRUNCATE ONLY ${target}`, [], { side: 'green' });
-    const source = blue.query(copyStreams.to(`COPY ${target} (${cols}) TO STDOUT (FORMAT binary)`));
-    const sink = green.query(copyStreams.from(`COPY ${target} (${cols}) FROM STDIN (FORMAT binary, FREEZE)`));
-    const counter = new Transform({
-      transform(chunk: Buffer, _enc, cb) {
-        bytes += chunk.length;
-        onBytes(bytes);
-        cb(null, chunk);
-      },
-    });
-    await pipeline(source, counter, sink);
-    await query(green, 'COMMIT', [], { side: 'green' });
-    return { rows: Number(sink.rowCount ?? 0), bytes };
-  } catch (err) {
-    await green.query('ROLLBACK').catch(() => {});
-    throw toPostgresError(err, { side: 'green' });
-  }
-}
-
-/** Runs one post-data statement; an object that already exists (a crash after commit) counts as done. */
-async function runPostData(green: Db, stmt: DumpStatement): Promise<Record<string, unknown>> {
-  if (stmt.kind !== 'foreign-key') {
-    try {
-      await green.query(stmt.sql);
-    } catch (err) {
-      if (!DUPLICATE_OBJECT.has((err as { code?: string }).code ?? '')) throw toPostgresError(err, { sql: stmt.sql, side: 'green' });
-    }
-    return {};
-  }
-  // Foreign keys go in NOT VALID (instant), then VALIDATE; rows that violate them are cleanup's job.
-  const notValid = /\bNOT VALID\s*$/i.test(stmt.sql) ? stmt.sql : `${stmt.sql} NOT VALID`;
-  try {
-    await green.query(notValid);
-  } catch (err) {
-    if (!DUPLICATE_OBJECT.has((err as { code?: string }).code ?? '')) throw toPostgresError(err, { sql: notValid, side: 'green' });
-  }
-  const m = /^ALTER TABLE (?:ONLY )?(.+?)\s+ADD CONSTRAINT (\S+) FOREIGN KEY/is.exec(stmt.sql);
-  if (!m) return { validated: false };
-  try {
-    await green.query(`ALTER TABLE ${m[1]} VALIDATE CONSTRAINT ${m[2]}`);
-    return { validated: true };
-  } catch (err) {
-    if ((err as { code?: string }).code === '23503') return { validated: false, violation: (err as Error).message };
-    throw toPostgresError(err, { side: 'green' });
-  }
+async function postDataStatements(ctx: StepContext): Promise<DumpStatement[]> {
+  const script = await dumpSection(ctx.config.blueDsn, 'post-data', { excludeSchemas: ctx.config.raw.snapshot.excludeSchemas });
+  return (await splitDump(script)).filter((s) => s.kind !== 'own-trigger' && s.kind !== 'setting');
 }
 
 /** Claims green for this run: refuses foreign data, wipes a green of an earlier run only on --restart. */
@@ -112,6 +34,39 @@ async function claimGreen(ctx: StepContext, runId: string): Promise<void> {
     }
     await wipeGreen(ctx.green);
   }
+}
+
+/** Units of this run that were started before but never finished: their effects may be half there. */
+async function attemptedUnits(ctx: StepContext): Promise<Set<string>> {
+  const { rows } = await query<{ unit: string }>(ctx.blue, `SELECT unit FROM bluegreen.journal WHERE run_id = $1 AND step = 'snapshot' AND status <> 'done'`, [ctx.journal!.runId]);
+  return new Set(rows.map((r) => r.unit));
+}
+
+async function loadPreData(ctx: StepContext, runId: string, snapshotId: string | null): Promise<Record<string, unknown>> {
+  await claimGreen(ctx, runId);
+  if ((await userTableCount(ctx.green)) > 0) return { note: 'green already had the schema of this run' };
+  await writeMarker(ctx.green, runId, snapshotId);
+  const script = await dumpSection(ctx.config.blueDsn, 'pre-data', { snapshot: snapshotId!, excludeSchemas: ctx.config.raw.snapshot.excludeSchemas });
+  const loader = await connect('green', ctx.config.greenDsn, 'migrate-pre-data');
+  try {
+    await query(loader, 'BEGIN', [], { side: 'green' });
+    await query(loader, script, [], { side: 'green', sql: script });
+    // Autovacuum would race our ANALYZE and index builds for the same locks (each wait costs a
+    // deadlock_timeout before it yields); each table's analyze unit turns it back on.
+    for (const t of await listTables(loader)) await query(loader, `ALTER TABLE ONLY ${qualified(t.schema, t.name)} SET (autovacuum_enabled = false)`, [], { side: 'green' });
+    await query(loader, 'COMMIT');
+  } finally {
+    await loader.end().catch(() => {});
+  }
+  return { bytes: script.length };
+}
+
+/** Blue's own autovacuum_enabled reloption of a table (null when unset), restored on green after the load. */
+const AUTOVACUUM_OPTION = `SELECT substr(o, length('autovacuum_enabled=') + 1) AS v FROM pg_class c, unnest(c.reloptions) o WHERE c.oid = $1::regclass AND o LIKE 'autovacuum_enabled=%'`;
+
+interface Worker {
+  green: Db;
+  blue: Db | null;
 }
 
 /** The snapshot step. */
@@ -126,143 +81,126 @@ export const snapshot = {
       throw new StateError(`green already holds the copy of run ${marker.run_id}`, 'pass --restart to wipe green and copy again, --resume to continue that run, or point green.dsn at a new empty database');
     }
   },
-  async plan(ctx) {
+  async plan(ctx): Promise<Action[]> {
     const tables = await listTables(ctx.blue, ctx.config.raw.snapshot.excludeSchemas);
-    const post = await postDataStatements(ctx);
-    const actions: Action[] = [{ id: 'pre-data', sentence: 'create schemas, tables and types on green from pg_dump --section=pre-data', side: 'green' }];
-    for (const t of tables) {
-      actions.push({ id: dataUnit(t), sentence: `stream ${tableKey(t)} (${(t.bytes / 1048576).toFixed(1)} MiB) blue -> green with binary COPY`, side: 'both', facts: { bytes: t.bytes } });
-    }
-    for (const s of post.filter((p) => p.kind !== 'setting')) {
-      actions.push({ id: s.id, sentence: s.kind === 'foreign-key' ? `add ${s.id.replace(/^constraint:/, '')} NOT VALID, then VALIDATE` : `run ${s.id}`, side: 'green', sql: s.sql });
-    }
-    actions.push({ id: 'sequences', sentence: 'set every sequence on green to blue\'s value', side: 'both' });
-    actions.push({ id: 'analyze', sentence: 'ANALYZE green', side: 'green' });
-    return actions;
+    const done = ctx.journal ? await ctx.journal.done('snapshot') : new Map<string, Record<string, unknown>>();
+    const splitBytes = ctx.config.raw.snapshot.splitTableBytes ?? defaultSplitBytes(tables, ctx.options.jobs);
+    return planUnits({ tables, post: await postDataStatements(ctx), jobs: ctx.options.jobs, splitBytes, done });
   },
-  async run(ctx, actions) {
+  async run(ctx, planned) {
+    const actions = planned as UnitAction[];
     const journal = ctx.journal!;
     const runId = journal.runId;
-    const done = await journal.done('snapshot');
-    const tables = await listTables(ctx.blue, ctx.config.raw.snapshot.excludeSchemas);
-    const pendingTables = tables.filter((t) => !done.has(dataUnit(t)));
-
-    // The snapshot: exported and held open on the control connection for as long as data is copied.
-    let snapshotId: string | null = null;
-    const exporter = await connect('blue', ctx.config.blueDsn, 'migrate-snapshot-exporter');
+    const details = await journal.done('snapshot');
+    const redo = await attemptedUnits(ctx);
+    const tables = new Map((await listTables(ctx.blue, ctx.config.raw.snapshot.excludeSchemas)).map((t) => [tableKey(t), t]));
+    const estimates = await tableEstimates(ctx.blue);
+    const tableOf = (a: UnitAction): TableInfo => {
+      const t = tables.get(a.facts.table ?? '');
+      if (!t) throw new StateError(`table ${a.facts.table} of unit ${a.id} is gone from blue`, 'run `migrate plan` again, then `migrate apply --resume`');
+      return t;
+    };
+    const pending = actions.filter((a) => a.facts.unit !== 'pre-data' && !details.has(a.id));
+    let blueLeft = pending.filter((a) => a.facts.unit === 'data' || a.facts.unit === 'ranges').length;
+    const needSnapshot = blueLeft > 0 || !details.has('pre-data');
+    const copiedAny = actions.some((a) => a.facts.unit === 'data' && details.has(a.id));
+    const exporter = needSnapshot ? await exportSnapshot(ctx, copiedAny) : null;
+    const snapshotId = exporter?.snapshotId ?? null;
+    const progress = new CopyProgress(ctx.progress, estimates);
+    const busy = { data: 0, index: 0, foreignKey: 0, analyze: 0, verify: 0 };
+    let unvalidated = 0;
     try {
-      if (pendingTables.length || !done.has('pre-data')) {
-        const previous = (await query<{ snapshot_id: string | null }>(ctx.blue, 'SELECT snapshot_id FROM bluegreen.run WHERE run_id = $1', [runId])).rows[0]?.snapshot_id ?? null;
-        const copiedAny = tables.some((t) => done.has(dataUnit(t)));
-        if (previous && copiedAny && !(await snapshotAlive(ctx.config.blueDsn, previous))) {
-          if (!ctx.options.acceptNewSnapshot) {
-            throw new StateError(
-              `snapshot ${previous} of run ${runId} is gone (its session ended); ${tables.length - pendingTables.length} of ${tables.length} tables were copied from it`,
-              'rerun with --resume --accept-new-snapshot to copy the remaining tables from a new snapshot (tables may then differ by the writes in between; revocations are still replayed), or --restart for a fully consistent copy',
-              { previousSnapshot: previous },
-            );
+      await unitOnce(ctx, 'snapshot', 'pre-data', () => loadPreData(ctx, runId, snapshotId), details);
+      const execute = async (w: Worker, a: UnitAction): Promise<Record<string, unknown>> => {
+        switch (a.facts.unit) {
+          case 'ranges': {
+            const t = tableOf(a);
+            w.blue ??= await importSnapshot(ctx.config.blueDsn, snapshotId!);
+            const parts = Number(a.facts.parts);
+            const ranges = await splitRanges(w.blue, t, parts, estimates.get(tableKey(t))?.rows ?? 0);
+            await query(w.green, `TRUNCATE ONLY ${qualified(t.schema, t.name)}`, [], { side: 'green' });
+            return { parts, ranges };
           }
-          ctx.progress(`snapshot ${previous} is gone; continuing with a new snapshot as --accept-new-snapshot allows`);
+          case 'data': {
+            const t = tableOf(a);
+            const key = tableKey(t);
+            w.blue ??= await importSnapshot(ctx.config.blueDsn, snapshotId!);
+            const [i, n] = a.facts.part ?? [1, 1];
+            const range = n > 1 ? ((details.get(rangesUnit(t))?.ranges as (KeyRange | null)[])[i - 1] ?? null) : null;
+            progress.start(key);
+            const onBytes = (b: number): void => progress.add(key, b);
+            const moved = n > 1 ? await copyRange(w.blue, w.green, t, range, redo.has(a.id), onBytes) : await copyWhole(w.blue, w.green, t, onBytes);
+            const full = ctx.options.verify === 'full' || t.bytes <= SAMPLE_ABOVE_BYTES;
+            const check = await fingerprint(w.blue, t, n > 1 ? rangePredicate(t, range) : 'TRUE', { full, estimatedRows: (estimates.get(key)?.rows ?? 0) / n });
+            const last = actions.filter((x) => x.facts.unit === 'data' && x.facts.table === key).every((x) => x.id === a.id || details.has(x.id));
+            progress.finish(key, moved.rows, last);
+            return { ...moved, check };
+          }
+          case 'post':
+            return runPostData(w.green, a.sql!, false);
+          case 'foreign-key': {
+            const out = await runPostData(w.green, a.sql!, true);
+            if (out.validated === false) unvalidated++;
+            return out;
+          }
+          case 'other':
+            return runPostData(w.green, a.sql!, false);
+          case 'sequences': {
+            const seqs = await listSequences(ctx.blue);
+            for (const s of seqs) {
+              if (s.lastValue !== null) await query(w.green, `SELECT setval(${literal(qualified(s.schema, s.name))}, $1::bigint, true)`, [s.lastValue], { side: 'green' });
+            }
+            return { sequences: seqs.length };
+          }
+          case 'analyze': {
+            const t = tableOf(a);
+            const target = qualified(t.schema, t.name);
+            const own = (await query<{ v: string | null }>(ctx.blue, AUTOVACUUM_OPTION, [target])).rows[0]?.v ?? null;
+            await query(w.green, own === null ? `ALTER TABLE ONLY ${target} RESET (autovacuum_enabled)` : `ALTER TABLE ONLY ${target} SET (autovacuum_enabled = ${literal(own)})`, [], { side: 'green' });
+            await query(w.green, `ANALYZE ${target}`, [], { side: 'green' });
+            return {};
+          }
+          case 'verify':
+            return verifyCopy(ctx, actions, details, [...tables.values()]);
+          default:
+            throw new Error(`unknown snapshot unit ${a.id}`);
         }
-        await exporter.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-        snapshotId = (await exporter.query<{ id: string }>('SELECT pg_export_snapshot() AS id')).rows[0]!.id;
-        await journal.updateRun({ snapshot_id: snapshotId });
-      }
-
-      await unitOnce(ctx, 'snapshot', 'pre-data', async () => {
-        await claimGreen(ctx, runId);
-        if ((await userTableCount(ctx.green)) > 0) return { note: 'green already had the schema of this run' };
-        await writeMarker(ctx.green, runId, snapshotId);
-        const script = await dumpSection(ctx.config.blueDsn, 'pre-data', { snapshot: snapshotId!, excludeSchemas: ctx.config.raw.snapshot.excludeSchemas });
-        const loader = await connect('green', ctx.config.greenDsn, 'migrate-pre-data');
-        try {
-          await query(loader, 'BEGIN', [], { side: 'green' });
-          await query(loader, script, [], { side: 'green', sql: script });
-          await query(loader, 'COMMIT');
-        } finally {
-          await loader.end().catch(() => {});
-        }
-        return { bytes: script.length };
-      }, done);
-
-      const totalBytes = pendingTables.reduce((a, t) => a + t.bytes, 0);
-      let copiedBytes = 0;
-      await runPool(
-        pendingTables,
+      };
+      const category = (a: UnitAction): keyof typeof busy | null =>
+        a.facts.unit === 'data' || a.facts.unit === 'ranges' ? 'data' : a.facts.unit === 'post' ? 'index' : a.facts.unit === 'foreign-key' ? 'foreignKey' : a.facts.unit === 'analyze' ? 'analyze' : a.facts.unit === 'verify' ? 'verify' : null;
+      await runGraph(
+        pending.map((a) => ({ ...a, after: a.facts.after, priority: a.facts.priority })),
         ctx.options.jobs,
-        async () => ({ blue: await importSnapshot(ctx.config.blueDsn, snapshotId!), green: await connect('green', ctx.config.greenDsn, 'migrate-copy-worker') }),
-        async (w, table) => {
-          await unitOnce(ctx, 'snapshot', dataUnit(table), async () => {
-            let last = 0;
-            const result = await copyTable(w.blue, w.green, table, (n) => {
-              copiedBytes += n - last;
-              last = n;
-            });
-            ctx.progress(`copied ${tableKey(table)}: ${result.rows} rows, ${(result.bytes / 1048576).toFixed(1)} MiB (${((100 * copiedBytes) / Math.max(1, totalBytes)).toFixed(0)}% of table bytes)`);
-            return result;
-          }, done);
+        async (): Promise<Worker> => ({ green: await openGreenWorker(ctx.config.greenDsn), blue: null }),
+        async (w, a) => {
+          const started = Date.now();
+          const { detail } = await unitOnce(ctx, 'snapshot', a.id, () => execute(w, a), details);
+          details.set(a.id, detail);
+          const c = category(a);
+          if (c) busy[c] += Date.now() - started;
+          if (c !== 'data' && Date.now() - started >= 1000) ctx.progress(`${a.id} done in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+          if ((a.facts.unit === 'data' || a.facts.unit === 'ranges') && --blueLeft === 0) await exporter?.release();
+          if (blueLeft === 0 && w.blue) {
+            await w.blue.end().catch(() => {});
+            w.blue = null;
+          }
         },
         async (w) => {
-          await w.blue.end().catch(() => {});
+          await w.blue?.end().catch(() => {});
           await w.green.end().catch(() => {});
         },
       );
-    } finally {
-      await exporter.end().catch(() => {});
-    }
-
-    const post = await postDataStatements(ctx);
-    const planned = new Set(actions.map((a) => a.id));
-    const drift = post.filter((s) => s.kind !== 'setting' && !planned.has(s.id));
-    if (drift.length) throw new StateError(`blue's schema changed since the plan: ${drift.map((d) => d.id).join(', ')}`, 'run `migrate plan` again, then `migrate apply --resume`');
-    const preamble = post.filter((s) => s.kind === 'setting');
-    const byPhase = [post.filter((s) => s.kind === 'index' || s.kind === 'constraint'), post.filter((s) => s.kind === 'foreign-key'), post.filter((s) => s.kind === 'other')];
-    let unvalidated = 0;
-    for (const phase of byPhase) {
-      await runPool(
-        phase,
-        ctx.options.jobs,
-        async () => {
-          const db = await connect('green', ctx.config.greenDsn, 'migrate-post-data');
-          for (const s of preamble) await db.query(s.sql);
-          return db;
-        },
-        async (db, stmt) => {
-          const { detail } = await unitOnce(ctx, 'snapshot', stmt.id, () => runPostData(db, stmt), done);
-          if (detail.validated === false) unvalidated++;
-        },
-        (db) => db.end().catch(() => {}),
-      );
-    }
-
-    await unitOnce(ctx, 'snapshot', 'sequences', async () => {
-      const seqs = await listSequences(ctx.blue);
-      for (const s of seqs) {
-        if (s.lastValue === null) continue;
-        await query(ctx.green, `SELECT setval(${literal(qualified(s.schema, s.name))}, $1::bigint, true)`, [s.lastValue], { side: 'green' });
-      }
-      return { sequences: seqs.length };
-    }, done);
-    await unitOnce(ctx, 'snapshot', 'analyze', async () => {
-      await query(ctx.green, 'ANALYZE', [], { side: 'green' });
       await markLoaded(ctx.green, runId);
-      return {};
-    }, done);
-
-    const finished = await journal.done('snapshot');
-    const rows = tables.reduce((a, t) => a + Number(finished.get(dataUnit(t))?.rows ?? 0), 0);
-    const bytes = tables.reduce((a, t) => a + Number(finished.get(dataUnit(t))?.bytes ?? 0), 0);
-    return { tables: tables.length, rows, bytes, snapshotId, foreignKeysLeftNotValid: unvalidated };
+    } finally {
+      await exporter?.release();
+    }
+    const rows = actions.filter((a) => a.facts.unit === 'data').reduce((s, a) => s + Number(details.get(a.id)?.rows ?? 0), 0);
+    const bytes = actions.filter((a) => a.facts.unit === 'data').reduce((s, a) => s + Number(details.get(a.id)?.bytes ?? 0), 0);
+    return { tables: tables.size, rows, bytes, snapshotId, foreignKeysLeftNotValid: unvalidated, verify: ctx.options.verify, busyMs: busy };
   },
   async verify(ctx) {
     const done = await ctx.journal!.done('snapshot');
-    const tables = await listTables(ctx.blue, ctx.config.raw.snapshot.excludeSchemas);
-    const mismatched: string[] = [];
-    for (const t of tables) {
-      const copied = Number(done.get(dataUnit(t))?.rows ?? -1);
-      const { rows } = await query<{ n: string }>(ctx.green, `SELECT count(*) AS n FROM ONLY ${qualified(t.schema, t.name)}`, [], { side: 'green' });
-      if (Number(rows[0]?.n) !== copied) mismatched.push(`${tableKey(t)}: copied ${copied}, green has ${rows[0]?.n}`);
-    }
-    if (mismatched.length) throw new StateError(`green does not hold what was copied:\n  ${mismatched.join('\n  ')}`, 'rerun with --restart to copy again');
+    const marker = await readMarker(ctx.green);
+    if (!done.has('verify') || !marker?.loaded_at) throw new StateError('the copy was not verified and marked loaded on green', 'rerun with --resume to finish the snapshot step');
   },
 } satisfies Step;

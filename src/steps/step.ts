@@ -11,8 +11,10 @@ import type { Journal } from '../state/journal.ts';
 
 /** Names of the steps, in the order `apply` runs them. */
 export const STEP_ORDER = ['preflight', 'capture', 'snapshot', 'cleanup', 'migrate', 'validate'] as const;
+/** Steps of an in-place run (`apply --in-place`): on blue itself, no copy. */
+export const IN_PLACE_STEP_ORDER = ['constraints', 'migrate-in-place'] as const;
 /** A step name. */
-export type StepName = (typeof STEP_ORDER)[number];
+export type StepName = (typeof STEP_ORDER)[number] | (typeof IN_PLACE_STEP_ORDER)[number];
 
 /** One thing a step will do: shown by `plan`, executed and journalled by `apply`. */
 export interface Action {
@@ -38,6 +40,10 @@ export interface RunOptions {
   restart: boolean;
   /** Continue the unfinished run. */
   resume: boolean;
+  /** Copy verification: checksums of very large tables sampled, or every row with `--verify full`. */
+  verify: 'sample' | 'full';
+  /** In-place mode: false runs the statements as written (`--no-rewrite`). */
+  rewrite?: boolean;
 }
 
 /** What every step gets. */

@@ -9,6 +9,7 @@ import { QUARANTINE_SCHEMA, quarantineTable } from '../db/quarantine.ts';
 import { ident, qualified, tableKey } from '../db/sql.ts';
 import { FindingsError } from '../errors.ts';
 import type { Migration } from '../sources/types.ts';
+import { checkInvariants, invariantFailures, invariantsOf, type InvariantResult } from '../validate/invariants.ts';
 import type { Action, Step, StepContext } from './step.ts';
 
 /** One table's comparison. */
@@ -39,6 +40,8 @@ export interface ValidationReport {
   skipped: { table: string; reason: string }[];
   /** Human lines for each failure. */
   failures: string[];
+  /** Semantic invariants (src/validate/invariants.ts); a failing one fails validation. */
+  invariants: InvariantResult[];
 }
 
 /** Columns that migrations rewrite (UPDATE ... SET, ALTER COLUMN), as `schema.table.column`. */
@@ -100,13 +103,13 @@ export async function compareTable(blue: Db, green: Db, b: TableInfo, g: TableIn
 }
 
 /** Runs the whole comparison; never throws on differences, returns them. */
-export async function validateCopy(ctx: Pick<StepContext, 'blue' | 'green' | 'config' | 'source'>, migrations: readonly Migration[]): Promise<ValidationReport> {
+export async function validateCopy(ctx: Pick<StepContext, 'blue' | 'green' | 'config' | 'source'>, migrations: readonly Migration[], opts: { drained?: boolean } = {}): Promise<ValidationReport> {
   const skip = new Set(ctx.config.raw.validate.skipTables);
   const tracking = TRACKING_TABLES[ctx.source.kind];
   const blueTables = await listTables(ctx.blue, ctx.config.raw.snapshot.excludeSchemas);
   const greenTables = new Map((await listTables(ctx.green)).map((t) => [tableKey(t), t]));
   const touched = await touchedColumns(migrations);
-  const report: ValidationReport = { passed: true, tables: [], skipped: [], failures: [] };
+  const report: ValidationReport = { passed: true, tables: [], skipped: [], failures: [], invariants: [] };
   for (const b of blueTables) {
     const key = tableKey(b);
     const g = greenTables.get(key);
@@ -119,6 +122,8 @@ export async function validateCopy(ctx: Pick<StepContext, 'blue' | 'green' | 'co
       if (!cmp.ok) report.failures.push(`${key}: ${cmp.problem}`);
     }
   }
+  report.invariants = await checkInvariants(ctx.blue, ctx.green, invariantsOf(ctx.config), { drained: opts.drained ?? false });
+  report.failures.push(...invariantFailures(report.invariants));
   report.passed = report.failures.length === 0;
   return report;
 }

@@ -1,0 +1,46 @@
+// `migrate cutover [--yes]`: guardrails, lever, the all-or-nothing flip of every configured target,
+// then validation and watch; exit 8 when it had to roll back. Also prints the metrics report.
+
+import { kvFromEnv } from '../cutover/kv-env.ts';
+import { StateError } from '../errors.ts';
+import { collectMetrics, metricsMarkdown, metricsText } from '../report/metrics.ts';
+import { Journal, latestRun } from '../state/journal.ts';
+import { runCutoverPhase } from '../steps/cutover.ts';
+import { table, type CommandResult } from './result.ts';
+import { withContext, type CommonOptions } from './session.ts';
+import fs from 'node:fs';
+
+/** Flags of `migrate cutover`. */
+export interface CutoverFlags extends CommonOptions {
+  /** Skip the interactive confirmation (CI). */
+  yes?: boolean;
+  /** Also write the metrics report as Markdown to this file. */
+  reportMd?: string;
+}
+
+/** Runs `migrate cutover`. */
+export async function cutoverCommand(flags: CutoverFlags): Promise<CommandResult> {
+  return withContext({ config: flags.config }, async (ctx) => {
+    const run = await latestRun(ctx.blue);
+    if (!run || run.status !== 'done') throw new StateError(run ? `run ${run.run_id} is ${run.status}` : 'there is no run to cut over', 'finish `migrate apply` first (`migrate status` shows where it stands)');
+    ctx.journal = new Journal(ctx.blue, run.run_id);
+    ctx.progress = (text) => void process.stderr.write(`${new Date().toISOString().slice(11, 19)} cutover: ${text}\n`);
+    const kv = kvFromEnv();
+    const phase = await runCutoverPhase({ ctx, yes: !!flags.yes, kv: kv.kv }).finally(() => kv.dispose());
+    const metrics = await collectMetrics(ctx, { probesBefore: phase.probesBefore, probesAfter: phase.watch?.probes ?? [] });
+    if (flags.reportMd) fs.writeFileSync(flags.reportMd, metricsMarkdown(metrics, { title: 'migrate cutover', cutover: phase.cutover }));
+    const exitCode = phase.error?.exitCode ?? 0;
+    const lines = [
+      table([['target', 'status'], ...phase.cutover.targets.map((t) => [t.name, t.status])]),
+      phase.cutover.rolledBack ? `ROLLED BACK (order: ${phase.cutover.rollbackOrder.join(' -> ') || 'nothing committed'})` : 'cutover committed',
+      phase.lever ? `lever: raised from ${JSON.stringify(phase.lever.saved)}, ${phase.lever.restored ? 'restored' : 'NOT restored'}` : '',
+      phase.drained !== null ? `drained: ${phase.drained} revocation(s)` : 'drain: not wired in this command (run `migrate drain`)',
+      ...phase.invariants.map((i) => `invariant ${i.name}: ${i.passed ? 'ok' : `FAILED (${i.message})`}`),
+      phase.watch ? `watch: ${phase.watch.rounds} round(s), ${phase.watch.breach ? `BREACH ${phase.watch.breach.reason}` : 'no breach'}` : '',
+      metricsText(metrics),
+      phase.error ? `error: ${phase.error.message}\nhint: ${phase.error.hint}` : '',
+    ].filter(Boolean);
+    const json = { ok: !phase.error, exitCode, runId: run.run_id, cutover: phase.cutover, guardrails: phase.guardrails, lever: phase.lever, drained: phase.drained, invariants: phase.invariants, watch: phase.watch, metrics, ...(phase.error ? { error: phase.error.toJSON() } : {}) };
+    return { exitCode, json, text: lines.join('\n') };
+  });
+}

@@ -1,0 +1,218 @@
+// Constraint pre-flight: read the pending migrations' DDL and derive every constraint they add or
+// tighten (foreign keys incl. composite, NOT NULL, UNIQUE / PRIMARY KEY, CHECK, casts of text to
+// json/jsonb), with a detection query over today's schema for each, so `plan` can name the rows
+// that would make a migration fail before anything runs. It also resolves what a
+// `DROP INDEX ... CASCADE` silently drops (from the catalog) and whether a later migration re-adds it.
+
+import type { Db } from '../db/connect.ts';
+import { ident, qualified, tableKey, type TableRef } from '../db/sql.ts';
+import { findNodes, names, relative, slice, tableOf, tokens, type Ast, type ParsedFile, type ParsedStatement } from './parse.ts';
+
+/** One constraint a pending migration adds or tightens, with its detection predicate. */
+export interface DerivedCheck {
+  /** Rule name (`ddl-<kind>:<what>`), also the quarantine rule. */
+  name: string;
+  /** Which kind of constraint. */
+  kind: 'foreign-key' | 'not-null' | 'unique' | 'check' | 'json-cast';
+  /** The constraint, for humans. */
+  constraint: string;
+  /** The table whose rows would fail. */
+  table: TableRef;
+  /** Predicate over alias `t` matching the failing rows today; null when it cannot be checked before the migration runs. */
+  where: string | null;
+  /** Why such a row fails. */
+  reason: string;
+  /** file:line of the statement. */
+  origin: string;
+  /** Why the check is partial or impossible, when it is. */
+  note?: string;
+}
+
+/** What one `DROP INDEX ... CASCADE` removes, and whether a later migration puts it back. */
+export interface CascadeDrop {
+  /** The dropped index. */
+  index: string;
+  /** file:line. */
+  origin: string;
+  /** Foreign keys that depend on the index and vanish with it. */
+  dropped: { name: string; table: string; columns: string[]; readdedAs: string | null }[];
+}
+
+type Columns = Map<string, Map<string, string>>;
+
+async function currentColumns(db: Db): Promise<Columns> {
+  const { rows } = await db.query<{ s: string; t: string; c: string; type: string }>(
+    `SELECT n.nspname AS s, c.relname AS t, a.attname AS c, format_type(a.atttypid, a.atttypmod) AS type
+       FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+        AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname NOT LIKE 'bluegreen%'`,
+  );
+  const out: Columns = new Map();
+  for (const r of rows) {
+    const key = `${r.s}.${r.t}`;
+    if (!out.has(key)) out.set(key, new Map());
+    out.get(key)!.set(r.c, r.type);
+  }
+  return out;
+}
+
+const isJsonType = (typeName: Ast): boolean => ['json', 'jsonb'].includes(names(typeName?.names).at(-1) ?? '');
+
+/** The text inside the parentheses that follow the first `keyword` token at or after `from`. */
+function parenthesized(stmt: ParsedStatement, from: number, keyword: string): string | null {
+  const toks = tokens(stmt.bytes);
+  const k = toks.findIndex((t) => t.start >= from && t.text.toUpperCase() === keyword);
+  if (k < 0 || toks[k + 1]?.text !== '(') return null;
+  let depth = 0;
+  for (let i = k + 1; i < toks.length; i++) {
+    if (toks[i]!.text === '(') depth++;
+    if (toks[i]!.text === ')' && --depth === 0) return slice(stmt, toks[k + 1]!.end, toks[i]!.start);
+  }
+  return null;
+}
+
+/** Derives the checks and cascades of the pending migrations against `db`'s current schema. */
+export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promise<{ checks: DerivedCheck[]; cascades: CascadeDrop[] }> {
+  const cols = await currentColumns(db);
+  const has = (t: TableRef, c: string): boolean => cols.get(tableKey(t))?.has(c) ?? false;
+  const checks: DerivedCheck[] = [];
+  const cascades: CascadeDrop[] = [];
+  const notValid = new Map<string, () => void>();
+  const fkAdds: { table: string; columns: string[]; name: string }[] = [];
+
+  for (const pf of files) {
+    const created = new Set<string>();
+    for (const s of pf.statements) {
+      const origin = `${pf.file}:${s.line}`;
+      const b = s.body;
+      if (s.kind === 'CreateStmt') created.add(tableKey(tableOf(b.relation)));
+      const existing = (t: TableRef): boolean => cols.has(tableKey(t)) && !created.has(tableKey(t));
+
+      const foreignKey = (t: TableRef, con: Ast): void => {
+        const parent = tableOf(con.pktable);
+        const child = names(con.fk_attrs);
+        const parentCols = names(con.pk_attrs);
+        const name = con.conname ?? `${t.name}_${child.join('_')}_fkey`;
+        fkAdds.push({ table: tableKey(t), columns: child, name });
+        const constraint = `FOREIGN KEY ${tableKey(t)}(${child.join(', ')}) REFERENCES ${tableKey(parent)}(${parentCols.join(', ') || 'primary key'})`;
+        const base = { name: `ddl-fk:${name}`, kind: 'foreign-key' as const, constraint, table: t, reason: `points to no ${tableKey(parent)} row (foreign key ${name} added by ${origin})`, origin };
+        if (!existing(parent)) return void checks.push({ ...base, where: null, note: `${tableKey(parent)} does not exist yet; the migrations create it` });
+        const pairs = child.map((c, i) => [c, parentCols[i] ?? c] as const).filter(([c, p]) => has(t, c) && has(parent, p));
+        if (!pairs.length || !parentCols.length) return void checks.push({ ...base, where: null, note: 'its columns are added by the migrations' });
+        const skipped = child.filter((c) => !pairs.some(([k]) => k === c));
+        const where = `${pairs.map(([c]) => `t.${ident(c)} IS NOT NULL`).join(' AND ')} AND NOT EXISTS (SELECT 1 FROM ${qualified(parent.schema, parent.name)} p WHERE ${pairs.map(([c, p]) => `p.${ident(p)} = t.${ident(c)}`).join(' AND ')})`;
+        checks.push({ ...base, where, ...(skipped.length ? { note: `checked on (${pairs.map(([c]) => c).join(', ')}); ${skipped.join(', ')} added by the migrations` } : {}) });
+      };
+
+      const unique = (t: TableRef, keys: string[], name: string, primary: boolean): void => {
+        const constraint = `${primary ? 'PRIMARY KEY' : 'UNIQUE'} ${tableKey(t)}(${keys.join(', ')})`;
+        const base = { name: `ddl-unique:${name}`, kind: 'unique' as const, constraint, table: t, reason: `duplicates another row on (${keys.join(', ')}) (${name} added by ${origin}); the oldest copy stays`, origin };
+        if (!keys.length || !keys.every((k) => has(t, k))) return void checks.push({ ...base, where: null, note: 'an expression or a column the migrations add' });
+        const dup = `${keys.map((k) => `t.${ident(k)} IS NOT NULL`).join(' AND ')} AND EXISTS (SELECT 1 FROM ${qualified(t.schema, t.name)} o WHERE ${keys.map((k) => `o.${ident(k)} = t.${ident(k)}`).join(' AND ')} AND o.ctid < t.ctid)`;
+        checks.push({ ...base, where: primary ? `(${dup}) OR ${keys.map((k) => `t.${ident(k)} IS NULL`).join(' OR ')}` : dup });
+      };
+
+      const jsonCast = (t: TableRef, exprs: { text: string; columns: string[] }[], line: string): void => {
+        const ok = exprs.filter((e) => e.columns.length && e.columns.every((c) => has(t, c)) && !e.columns.every((c) => /json/.test(cols.get(tableKey(t))?.get(c) ?? '')));
+        if (!ok.length) return;
+        checks.push({
+          name: `ddl-json:${t.name}:${line}`,
+          kind: 'json-cast',
+          constraint: `cast to json(b) of ${tableKey(t)}: ${ok.map((e) => e.text.replace(/\s+/g, ' ')).join('; ')}`,
+          table: t,
+          where: ok.map((e) => `NOT bluegreen_quarantine.is_json((${e.text})::text)`).join(' OR '),
+          reason: `text that is not valid JSON; ${origin} casts it to json(b)`,
+          origin,
+        });
+      };
+
+      if (s.kind === 'AlterTableStmt' && b.objtype === 'OBJECT_TABLE') {
+        const t = tableOf(b.relation);
+        if (!existing(t)) continue;
+        const jsonExprs: { text: string; columns: string[] }[] = [];
+        for (const { AlterTableCmd: c } of b.cmds ?? []) {
+          const con = c.def?.Constraint;
+          if (c.subtype === 'AT_AddConstraint' && con) {
+            const add = con.contype === 'CONSTR_FOREIGN' ? () => foreignKey(t, con) : con.contype === 'CONSTR_CHECK' ? () => checkConstraint(t, con, s, origin) : null;
+            if (add && con.skip_validation && con.conname) notValid.set(`${tableKey(t)}.${con.conname}`, add);
+            else if (add) add();
+            if ((con.contype === 'CONSTR_PRIMARY' || con.contype === 'CONSTR_UNIQUE') && !con.indexname) unique(t, names(con.keys), con.conname ?? `${t.name}_${names(con.keys).join('_')}_key`, con.contype === 'CONSTR_PRIMARY');
+          }
+          if (c.subtype === 'AT_ValidateConstraint') notValid.get(`${tableKey(t)}.${c.name}`)?.();
+          if (c.subtype === 'AT_SetNotNull') {
+            const base = { name: `ddl-not-null:${t.name}.${c.name}`, kind: 'not-null' as const, constraint: `NOT NULL ${tableKey(t)}.${c.name}`, table: t, reason: `${c.name} is NULL; ${origin} sets it NOT NULL`, origin };
+            checks.push(has(t, c.name) ? { ...base, where: `t.${ident(c.name)} IS NULL` } : { ...base, where: null, note: `${c.name} is added by the migrations (the backfill decides)` });
+          }
+          if (c.subtype === 'AT_AlterColumnType' && isJsonType(c.def?.ColumnDef?.typeName)) {
+            const using = c.def.ColumnDef.raw_default;
+            if (using?.TypeCast && isJsonType(using.TypeCast.typeName)) {
+              const castAt = relative(s, using.TypeCast.location);
+              const kw = tokens(s.bytes).filter((k) => k.end <= castAt && k.text.toUpperCase() === 'USING').at(-1);
+              if (kw) jsonExprs.push({ text: slice(s, kw.end, castAt).trim(), columns: findNodes(using, 'ColumnRef').map((r: Ast) => names(r.fields).at(-1) ?? '') });
+            } else if (!using) jsonExprs.push({ text: ident(c.name), columns: [c.name] });
+          }
+        }
+        jsonCast(t, jsonExprs, String(s.line));
+      } else if (s.kind === 'IndexStmt' && b.unique) {
+        const t = tableOf(b.relation);
+        if (!existing(t)) continue;
+        const keys = (b.indexParams ?? []).map((p: Ast) => p.IndexElem?.name).filter((n: unknown): n is string => typeof n === 'string');
+        if (keys.length === (b.indexParams ?? []).length && !b.whereClause) unique(t, keys, b.idxname ?? `${t.name}_${keys.join('_')}_idx`, false);
+      } else if (s.kind === 'DropStmt' && b.removeType === 'OBJECT_INDEX' && b.behavior === 'DROP_CASCADE') {
+        for (const o of b.objects ?? []) {
+          const parts = names(o.List?.items);
+          const index = `${parts.length > 1 ? parts[0] : 'public'}.${parts.at(-1)}`;
+          cascades.push({ index, origin, dropped: await dependentForeignKeys(db, index) });
+        }
+      } else {
+        // A cast of a column to json(b) inside INSERT ... SELECT, UPDATE, CREATE TABLE AS.
+        const rvs = findNodes(b, 'RangeVar');
+        const byTable = new Map<string, { t: TableRef; exprs: { text: string; columns: string[] }[] }>();
+        for (const cast of findNodes(b, 'TypeCast')) {
+          const ref = cast.arg?.ColumnRef;
+          if (!ref || !isJsonType(cast.typeName)) continue;
+          const parts = names(ref.fields);
+          const rv = parts.length > 1 ? rvs.find((r: Ast) => (r.alias?.aliasname ?? r.relname) === parts[0]) : rvs.length === 1 ? rvs[0] : undefined;
+          if (!rv) continue;
+          const t = tableOf(rv);
+          if (!existing(t)) continue;
+          const entry = byTable.get(tableKey(t)) ?? { t, exprs: [] };
+          const col = parts.at(-1)!;
+          if (!entry.exprs.some((e) => e.columns[0] === col)) entry.exprs.push({ text: `t.${ident(col)}`, columns: [col] });
+          byTable.set(tableKey(t), entry);
+        }
+        for (const { t, exprs } of byTable.values()) jsonCast(t, exprs, String(s.line));
+      }
+    }
+  }
+  for (const c of cascades) {
+    for (const d of c.dropped) {
+      const again = fkAdds.find((a) => a.table === d.table && d.columns.every((col) => a.columns.includes(col)));
+      d.readdedAs = again?.name ?? null;
+    }
+  }
+  return { checks, cascades };
+
+  function checkConstraint(t: TableRef, con: Ast, s: ParsedStatement, origin: string): void {
+    const expr = parenthesized(s, relative(s, con.location), 'CHECK');
+    const name = con.conname ?? `${t.name}_check`;
+    const base = { name: `ddl-check:${name}`, kind: 'check' as const, constraint: `CHECK ${tableKey(t)} (${expr ?? '?'})`, table: t, reason: `violates CHECK (${expr}) added by ${origin}`, origin };
+    const refs = findNodes(con.raw_expr, 'ColumnRef').map((r: Ast) => names(r.fields).at(-1) ?? '');
+    if (!expr || !refs.every((c: string) => has(t, c))) return void checks.push({ ...base, where: null, note: 'its columns are added by the migrations' });
+    checks.push({ ...base, where: `(${expr}) IS FALSE` });
+  }
+}
+
+/** Foreign keys that depend on an index (they go with it on CASCADE). */
+async function dependentForeignKeys(db: Db, index: string): Promise<{ name: string; table: string; columns: string[]; readdedAs: string | null }[]> {
+  const [schema = 'public', name = ''] = index.split('.');
+  const { rows } = await db.query<{ name: string; table: string; columns: string[] }>(
+    `SELECT con.conname AS name, n.nspname || '.' || c.relname AS table,
+            (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(con.conkey) WITH ORDINALITY k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum) AS columns
+       FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE con.contype = 'f' AND con.conindid = to_regclass($1) ORDER BY 1`,
+    [qualified(schema, name)],
+  );
+  return rows.map((r) => ({ ...r, readdedAs: null }));
+}

@@ -1,0 +1,149 @@
+// Lock-hazard lint: flags the statements that take long exclusive locks (or silently drop
+// constraints) on tables that already hold data, each with an id, a one-line why, file:line and
+// the safe rewrite. DDL on a table the same file creates is free (empty, invisible to others), and
+// CONCURRENTLY outside a transaction or NOT VALID constraints are the safe forms, never flagged.
+
+import { tableKey } from '../db/sql.ts';
+import { findNodes, names, snippet, tableOf, type Ast, type ParsedFile, type ParsedStatement } from './parse.ts';
+import { rewriteStatement, tablesCreatedIn, unitSql } from './rewrite.ts';
+
+/** Rule ids, the one-line why, and the safe form, in one table. */
+export const LINT_RULES = {
+  'create-index-not-concurrent': { why: 'CREATE INDEX without CONCURRENTLY blocks every write to the table for the whole build', fix: 'CREATE INDEX CONCURRENTLY, in a file that runs outside a transaction (pop: .autocommit; postgres-migrations: -- postgres-migrations disable-transaction)' },
+  'drop-index-not-concurrent': { why: 'DROP INDEX without CONCURRENTLY takes an ACCESS EXCLUSIVE lock on the table (queued behind every running query, blocking all after it)', fix: 'DROP INDEX CONCURRENTLY, outside a transaction' },
+  'reindex-not-concurrent': { why: 'REINDEX without CONCURRENTLY blocks writes (and reads using the index) for the whole rebuild', fix: 'REINDEX ... CONCURRENTLY, outside a transaction' },
+  'concurrently-in-transaction': { why: 'CONCURRENTLY cannot run inside a transaction block: the migration fails with 25001', fix: 'move the statement to its own file that runs outside a transaction (pop: .autocommit; postgres-migrations: -- postgres-migrations disable-transaction)' },
+  'fk-without-not-valid': { why: 'ADD FOREIGN KEY validates every row under a SHARE ROW EXCLUSIVE lock on both tables (no writes meanwhile)', fix: 'ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT in a separate transaction' },
+  'check-without-not-valid': { why: 'ADD CHECK scans the whole table under an ACCESS EXCLUSIVE lock', fix: 'ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a separate transaction' },
+  'set-not-null': { why: 'SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock (no reads, no writes)', fix: 'ADD CONSTRAINT c CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT c; SET NOT NULL (uses the check, no scan); DROP CONSTRAINT c' },
+  'add-column-volatile-default': { why: 'ADD COLUMN with a volatile default (or serial) rewrites the whole table under an ACCESS EXCLUSIVE lock', fix: 'add the column without a default (or with a constant one), backfill in batches, then SET DEFAULT' },
+  'column-type-change': { why: 'ALTER COLUMN ... TYPE rewrites the table and its indexes under an ACCESS EXCLUSIVE lock', fix: 'add a new column, backfill it in batches, switch readers and writers, drop the old column' },
+  'pk-unique-without-using-index': { why: 'ADD PRIMARY KEY / UNIQUE builds the index under an ACCESS EXCLUSIVE lock', fix: 'CREATE UNIQUE INDEX CONCURRENTLY first, then ADD CONSTRAINT ... PRIMARY KEY / UNIQUE USING INDEX' },
+  'whole-table-update': { why: 'UPDATE without WHERE rewrites every row in one transaction: row locks on the whole table, table bloat, long replication lag', fix: 'update in primary-key batches, one short transaction each' },
+  'whole-table-delete': { why: 'DELETE without WHERE locks and removes every row in one transaction', fix: 'delete in primary-key batches (or TRUNCATE if the table is not in use)' },
+  'drop-index-cascade': { why: 'DROP INDEX ... CASCADE silently drops every constraint that depends on the index (e.g. foreign keys referencing a unique key)', fix: 'drop the dependent constraints by name first, so the migration says what it removes, and re-add them NOT VALID + VALIDATE' },
+  'missing-lock-timeout': { why: 'without lock_timeout, a DDL lock waiting behind one long query blocks every query queued after it', fix: "start the file with SET lock_timeout = '2s' (and retry on 55P03)" },
+  'select-star': { why: 'SELECT * on a table whose columns the migrations change breaks code that maps columns by position or strict shape', fix: 'list the columns the code reads' },
+} as const;
+
+/** A lint rule id. */
+export type LintRuleId = keyof typeof LINT_RULES;
+
+/** One finding. */
+export interface Finding {
+  /** Rule id. */
+  rule: LintRuleId;
+  /** Why it is a hazard, one line. */
+  why: string;
+  /** File path. */
+  file: string;
+  /** 1-based line. */
+  line: number;
+  /** The statement, shortened. */
+  statement: string;
+  /** The safe rewrite (advice, plus the SQL in-place mode runs when it can rewrite it). */
+  rewrite: string;
+}
+
+// Functions whose value is fixed for the statement (evaluated once: no table rewrite).
+const NON_VOLATILE = new Set(['now', 'transaction_timestamp', 'statement_timestamp', 'current_timestamp', 'lower', 'upper', 'coalesce', 'concat', 'to_jsonb', 'jsonb_build_object', 'json_build_object']);
+const SERIAL_TYPES = new Set(['serial', 'serial4', 'bigserial', 'serial8', 'smallserial', 'serial2']);
+const LOCKING_KINDS = new Set(['AlterTableStmt', 'IndexStmt', 'DropStmt', 'ReindexStmt', 'UpdateStmt', 'DeleteStmt', 'RenameStmt', 'TruncateStmt']);
+
+function isVolatileDefault(col: Ast): boolean {
+  if (SERIAL_TYPES.has(names(col.typeName?.names).at(-1) ?? '')) return true;
+  const def = (col.constraints ?? []).map((c: Ast) => c.Constraint).find((c: Ast) => c?.contype === 'CONSTR_DEFAULT' || c?.contype === 'CONSTR_GENERATED');
+  if (!def) return false;
+  if (def.contype === 'CONSTR_GENERATED') return true;
+  return findNodes(def.raw_expr, 'FuncCall').some((f: Ast) => !NON_VOLATILE.has(names(f.funcname).at(-1) ?? ''));
+}
+
+function setsLockTimeout(s: ParsedStatement): boolean {
+  if (s.kind === 'VariableSetStmt') return s.body.name === 'lock_timeout';
+  return findNodes(s.body, 'FuncCall').some((f: Ast) => names(f.funcname).at(-1) === 'set_config' && f.args?.[0]?.A_Const?.sval?.sval === 'lock_timeout');
+}
+
+function touchesExisting(s: ParsedStatement, created: Set<string>): boolean {
+  if (!LOCKING_KINDS.has(s.kind)) return false;
+  if (s.kind === 'DropStmt' && s.body.removeType !== 'OBJECT_INDEX' && s.body.removeType !== 'OBJECT_TABLE') return false;
+  const rv = s.body.relation;
+  return !rv || !created.has(tableKey(tableOf(rv)));
+}
+
+/** Findings for one statement (no lock_timeout check; that one is per file). */
+function statementFindings(s: ParsedStatement, created: Set<string>, createdIndexes: Set<string>): LintRuleId[] {
+  const b = s.body;
+  const onNew = !!b.relation && created.has(tableKey(tableOf(b.relation)));
+  const out: LintRuleId[] = [];
+  switch (s.kind) {
+    case 'IndexStmt':
+      if (b.concurrent && s.inTransaction) out.push('concurrently-in-transaction');
+      if (!b.concurrent && !onNew) out.push('create-index-not-concurrent');
+      break;
+    case 'DropStmt': {
+      if (b.removeType !== 'OBJECT_INDEX') break;
+      const dropped = (b.objects ?? []).map((o: Ast) => names(o.List?.items).at(-1) ?? '');
+      if (b.concurrent && s.inTransaction) out.push('concurrently-in-transaction');
+      if (!b.concurrent && !dropped.every((n: string) => createdIndexes.has(n))) out.push('drop-index-not-concurrent');
+      if (b.behavior === 'DROP_CASCADE') out.push('drop-index-cascade');
+      break;
+    }
+    case 'ReindexStmt': {
+      const concurrent = (b.params ?? []).some((p: Ast) => p.DefElem?.defname === 'concurrently');
+      if (!concurrent) out.push('reindex-not-concurrent');
+      else if (s.inTransaction) out.push('concurrently-in-transaction');
+      break;
+    }
+    case 'AlterTableStmt':
+      if (onNew || b.objtype !== 'OBJECT_TABLE') break;
+      for (const { AlterTableCmd: c } of b.cmds ?? []) {
+        const con = c.def?.Constraint;
+        if (c.subtype === 'AT_AddConstraint' && con) {
+          if (con.contype === 'CONSTR_FOREIGN' && !con.skip_validation) out.push('fk-without-not-valid');
+          if (con.contype === 'CONSTR_CHECK' && !con.skip_validation) out.push('check-without-not-valid');
+          if ((con.contype === 'CONSTR_PRIMARY' || con.contype === 'CONSTR_UNIQUE') && !con.indexname) out.push('pk-unique-without-using-index');
+        }
+        if (c.subtype === 'AT_SetNotNull') out.push('set-not-null');
+        if (c.subtype === 'AT_AddColumn' && c.def?.ColumnDef && isVolatileDefault(c.def.ColumnDef)) out.push('add-column-volatile-default');
+        if (c.subtype === 'AT_AlterColumnType') out.push('column-type-change');
+      }
+      break;
+    case 'UpdateStmt':
+      if (!b.whereClause && !onNew) out.push('whole-table-update');
+      break;
+    case 'DeleteStmt':
+      if (!b.whereClause && !onNew) out.push('whole-table-delete');
+      break;
+  }
+  return out;
+}
+
+/** The rewrite text shown with a finding: the advice, plus the SQL in-place mode would run. */
+function rewriteText(rule: LintRuleId, s: ParsedStatement, created: Set<string>): string {
+  const advice: string = LINT_RULES[rule].fix;
+  const r = rewriteStatement(s, created);
+  if (!r) return advice;
+  return `${advice}\n    in-place runs: ${r.units.map((u) => unitSql(u, 5000)).join(';\n                   ')}`;
+}
+
+/** Lints one parsed migration file; `ignore` lists rule ids to skip. */
+export function lintFile(pf: ParsedFile, ignore: readonly string[] = []): Finding[] {
+  const created = tablesCreatedIn(pf);
+  const createdIndexes = new Set(pf.statements.filter((s) => s.kind === 'IndexStmt' && s.body.idxname).map((s) => String(s.body.idxname)));
+  const findings: Finding[] = [];
+  const add = (rule: LintRuleId, s: ParsedStatement): void => {
+    if (ignore.includes(rule)) return;
+    findings.push({ rule, why: LINT_RULES[rule].why, file: pf.file, line: s.line, statement: snippet(s), rewrite: rewriteText(rule, s, created) });
+  };
+  let timeoutSet = false;
+  let timeoutReported = false;
+  for (const s of pf.statements) {
+    if (setsLockTimeout(s)) timeoutSet = true;
+    if (!timeoutSet && !timeoutReported && touchesExisting(s, created)) {
+      timeoutReported = true;
+      add('missing-lock-timeout', s);
+    }
+    for (const rule of statementFindings(s, created, createdIndexes)) add(rule, s);
+  }
+  return findings;
+}

@@ -1,0 +1,263 @@
+// Replay semantics: what a revocation event does to the live side's schema, declared as data per
+// profile, and the one function that applies a batch of events in one set-based transaction. Shared
+// by the consumer Worker (workerd, through Hyperdrive) and `migrate drain` (Node), so it imports
+// nothing Node-only. Every effect removes access (delete a row or turn `active` off), and removals
+// commute, so applying a time-ordered batch set-based gives the same result as one event at a time.
+
+import type { RevocationBody } from '../queue-consumer/message.ts';
+import { ident } from '../db/sql.ts';
+
+/** Which schema shape the target has: Hydra v1 or our fixture's v2 (flow table). */
+export type ReplayProfile = 'hydra-v1' | 'hydra-v2';
+
+/** The replay profiles, for config and argument checking. */
+export const REPLAY_PROFILES: readonly ReplayProfile[] = ['hydra-v1', 'hydra-v2'];
+
+/** The part of a pg client replay needs (pg.Client and pg.PoolClient both fit). */
+export interface SqlClient {
+  /** Runs one statement with bind parameters. */
+  query(sql: string, params?: unknown[]): Promise<{ rows: any[]; rowCount: number | null }>;
+}
+
+/** Kinds replay understands: the queue's three, plus `access-remove` for an outbox row deleting one access token. */
+export type ReplayKind = RevocationBody['kind'] | 'access-remove';
+
+/** One event to replay. A queue message body fits as is; `challenge` is set by outbox consent rows. */
+export interface ReplayEvent {
+  /** Event id; replay deduplicates on it. */
+  id: string;
+  /** What happened. */
+  kind: ReplayKind;
+  /** When it happened (ISO 8601); batches are applied in this order. */
+  at: string;
+  /** Token signature as stored. */
+  signature?: string;
+  /** Request id shared by a grant's tokens. */
+  requestId?: string;
+  /** Consent subject. */
+  subject?: string;
+  /** Consent client (absent: every client of the subject). */
+  client?: string;
+  /** One consent's challenge (outbox rows know the exact consent, not just the subject). */
+  challenge?: string;
+}
+
+/** How a token table loses access: the row goes away, or its active flag turns off. */
+export type RemoveAction = 'delete' | 'deactivate';
+
+/** A token table (access or refresh) and how removing access looks in it. */
+export interface TokenTableSemantics {
+  /** Table name in schema `public`. */
+  table: string;
+  /** What "no longer grants access" means for this table. */
+  remove: RemoveAction;
+}
+
+/** Which token rows a kind reaches: every row of the token's grant (request), or just that token. */
+export interface TokenKindSemantics {
+  /** `request`: all rows sharing the request id (resolved from the signature when needed); `token`: the signature's row. */
+  scope: 'request' | 'token';
+  /** Token tables the kind touches. */
+  tables: readonly ('access' | 'refresh')[];
+}
+
+/** The declared semantics of one profile. */
+export interface ProfileSemantics {
+  /** Access and refresh token tables. */
+  tokens: { access: TokenTableSemantics; refresh: TokenTableSemantics };
+  /** Token-level kinds and what they reach. */
+  kinds: { 'token-revoke': TokenKindSemantics; 'refresh-rotate': TokenKindSemantics; 'access-remove': TokenKindSemantics };
+  /** Consent revocation deletes these rows; the schema's foreign keys cascade to their tokens. */
+  consent: { table: string; challengeColumn: string; subjectColumn: string; clientColumn: string };
+}
+
+const HYDRA_TOKENS: ProfileSemantics['tokens'] = {
+  access: { table: 'hydra_oauth2_access', remove: 'delete' },
+  refresh: { table: 'hydra_oauth2_refresh', remove: 'deactivate' },
+};
+
+const HYDRA_KINDS: ProfileSemantics['kinds'] = {
+  'token-revoke': { scope: 'request', tables: ['access', 'refresh'] },
+  'refresh-rotate': { scope: 'token', tables: ['refresh'] },
+  'access-remove': { scope: 'token', tables: ['access'] },
+};
+
+/** Per profile, what each kind of event does (DESIGN.md "Revocation semantics"). */
+export const PROFILE_SEMANTICS: Readonly<Record<ReplayProfile, ProfileSemantics>> = {
+  'hydra-v1': {
+    tokens: HYDRA_TOKENS,
+    kinds: HYDRA_KINDS,
+    // Deleting the consent request cascades to its handled row and from there to the tokens.
+    consent: { table: 'hydra_oauth2_consent_request', challengeColumn: 'challenge', subjectColumn: 'subject', clientColumn: 'client_id' },
+  },
+  'hydra-v2': {
+    tokens: HYDRA_TOKENS,
+    kinds: HYDRA_KINDS,
+    // v2 merged consent into the flow table; tokens' challenge_id references consent_challenge_id ON DELETE CASCADE.
+    consent: { table: 'hydra_oauth2_flow', challengeColumn: 'consent_challenge_id', subjectColumn: 'subject', clientColumn: 'client_id' },
+  },
+};
+
+/** Where the live side remembers which event ids it already applied. */
+export const REPLAYED_TABLE = 'bluegreen_green.replayed';
+
+const ENSURE_REPLAYED = [
+  'CREATE SCHEMA IF NOT EXISTS bluegreen_green',
+  `CREATE TABLE IF NOT EXISTS ${REPLAYED_TABLE} (event_id text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())`,
+];
+
+const DEDUP_SQL = `INSERT INTO ${REPLAYED_TABLE} (event_id) SELECT unnest($1::text[]) ON CONFLICT (event_id) DO NOTHING RETURNING event_id`;
+
+/** Token parameters per table: exact signatures, request ids, and signatures whose request id must be looked up. */
+interface TokenParams {
+  signatures: Set<string>;
+  requestIds: Set<string>;
+  resolveSignatures: Set<string>;
+}
+
+/** Which parameter lists of a token table are non-empty: the statement leaves out the rest. */
+type TokenShape = readonly [signatures: boolean, requestIds: boolean, resolve: boolean];
+
+/** The one statement that applies every token effect of a batch (one data-modifying CTE per table that has work). */
+function tokenStatement(s: ProfileSemantics, shape: { access: TokenShape; refresh: TokenShape }): string {
+  const access = ident(s.tokens.access.table);
+  const refresh = ident(s.tokens.refresh.table);
+  const ctes: string[] = [];
+  const counts: string[] = [];
+  (['access', 'refresh'] as const).forEach((name, i) => {
+    const t = ident(s.tokens[name].table);
+    const p = i * 3;
+    const [bySig, byReq, resolve] = shape[name];
+    // Targets: signatures straight from unnest(), request ids through LATERAL index lookups (one probe per
+    // key), never `col = ANY(array)` under OR, which degrades to comparing every row with every key.
+    const byRequest = (keys: string) => `SELECT x.signature FROM ${keys}, LATERAL (SELECT signature FROM ${t} WHERE request_id = k.request_id) x`;
+    const parts = [
+      bySig ? `SELECT unnest($${p + 1}::text[]) AS signature` : '',
+      byReq ? byRequest(`unnest($${p + 2}::text[]) AS k(request_id)`) : '',
+      resolve
+        ? byRequest(`(SELECT request_id FROM unnest($${p + 3}::text[]) AS u(v), LATERAL (SELECT request_id FROM ${access} WHERE signature = u.v
+             UNION ALL SELECT request_id FROM ${refresh} WHERE signature = u.v) r GROUP BY request_id) k`)
+        : '',
+    ].filter(Boolean);
+    if (!parts.length) return counts.push(`0 AS ${name}`);
+    const targets = `(${parts.join('\n        UNION ')}) m`;
+    const body = s.tokens[name].remove === 'delete'
+      ? `DELETE FROM ${t} t USING ${targets} WHERE t.signature = m.signature`
+      : `UPDATE ${t} t SET active = false FROM ${targets} WHERE t.signature = m.signature AND t.active`;
+    ctes.push(`t_${name} AS (${body} RETURNING 1)`);
+    counts.push(`(SELECT count(*) FROM t_${name})::int AS ${name}`);
+  });
+  // Unused parameters still need a type: reference each one so the statement always takes six.
+  const typed = [1, 2, 3, 4, 5, 6].map((n) => `cardinality($${n}::text[])`).join(' + ');
+  return `WITH ${ctes.join(',\n')}\nSELECT ${counts.join(', ')}, ${typed} AS params`;
+}
+
+/** The statement that deletes every consent a batch revokes (by exact challenge, or by subject and optional client). */
+function consentStatement(s: ProfileSemantics): string {
+  const c = s.consent;
+  const key = ident(c.challengeColumn);
+  return `DELETE FROM ${ident(c.table)} c USING (
+      SELECT x.${key} AS k FROM ${ident(c.table)} x JOIN unnest($1::text[]) AS u(v) ON x.${key} = u.v
+      UNION SELECT x.${key} FROM ${ident(c.table)} x JOIN unnest($2::text[], $3::text[]) AS s(subject, client)
+        ON x.${ident(c.subjectColumn)} = s.subject AND (s.client IS NULL OR x.${ident(c.clientColumn)} = s.client)
+      WHERE x.${key} IS NOT NULL) m
+   WHERE c.${key} = m.k`;
+}
+
+const STATEMENTS = new Map<string, string>();
+
+/** The profile's statement for a key, built once (a handful of shapes per profile). */
+function statement(profile: ReplayProfile, key: string, build: (s: ProfileSemantics) => string): string {
+  const cacheKey = `${profile}:${key}`;
+  let sql = STATEMENTS.get(cacheKey);
+  if (sql === undefined) {
+    const s = PROFILE_SEMANTICS[profile];
+    if (!s) throw new Error(`unknown replay profile ${JSON.stringify(profile)}; use one of ${REPLAY_PROFILES.join(', ')}`);
+    sql = build(s);
+    STATEMENTS.set(cacheKey, sql);
+  }
+  return sql;
+}
+
+/** Sorts by time, then id, and drops repeated ids (first occurrence wins). */
+export function orderEvents<T extends ReplayEvent>(events: readonly T[]): T[] {
+  const seen = new Set<string>();
+  const unique = events.filter((e) => (seen.has(e.id) ? false : (seen.add(e.id), true)));
+  return unique.sort((a, b) => Date.parse(a.at) - Date.parse(b.at) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+}
+
+/** Collects the bind parameters of a batch from the profile's declared kinds. */
+function collect(s: ProfileSemantics, events: readonly ReplayEvent[]) {
+  const tokens = { access: empty(), refresh: empty() };
+  const consent = { challenges: [] as string[], subjects: [] as string[], clients: [] as (string | null)[] };
+  for (const e of events) {
+    if (e.kind === 'consent-revoke') {
+      if (e.challenge) consent.challenges.push(e.challenge);
+      else if (e.subject) (consent.subjects.push(e.subject), consent.clients.push(e.client ?? null));
+      continue;
+    }
+    const k = s.kinds[e.kind];
+    for (const table of k.tables) {
+      const p = tokens[table];
+      // A token-scoped event without a signature falls back to its whole request: revoking more, never less.
+      if (k.scope === 'token' && e.signature) p.signatures.add(e.signature);
+      else if (e.requestId) p.requestIds.add(e.requestId);
+      else if (e.signature) p.resolveSignatures.add(e.signature);
+    }
+  }
+  return { tokens, consent };
+}
+
+function empty(): TokenParams {
+  return { signatures: new Set(), requestIds: new Set(), resolveSignatures: new Set() };
+}
+
+function isMissingState(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === '42P01' || code === '3F000';
+}
+
+async function ensureReplayed(db: SqlClient): Promise<void> {
+  for (const sql of ENSURE_REPLAYED) {
+    try {
+      await db.query(sql);
+    } catch (err) {
+      // Another writer created it at the same moment: that is what we wanted.
+      const code = (err as { code?: string }).code;
+      if (code !== '23505' && code !== '42P06' && code !== '42P07') throw err;
+    }
+  }
+}
+
+/**
+ * Applies a batch in one transaction: dedup on event id (table on the target), then set-based
+ * statements with unnest/ANY arrays (never one statement per event), ordered by time.
+ */
+export async function applyReplayBatch(db: SqlClient, profile: ReplayProfile, events: readonly ReplayEvent[]): Promise<{ applied: number; duplicates: number }> {
+  const ordered = orderEvents(events);
+  if (!ordered.length) return { applied: 0, duplicates: events.length };
+  for (let attempt = 0; ; attempt++) {
+    await db.query('BEGIN');
+    try {
+      const fresh = new Set((await db.query(DEDUP_SQL, [ordered.map((e) => e.id)])).rows.map((r: { event_id: string }) => r.event_id));
+      const todo = ordered.filter((e) => fresh.has(e.id));
+      const { tokens, consent } = collect(PROFILE_SEMANTICS[profile], todo);
+      if (consent.challenges.length || consent.subjects.length) await db.query(statement(profile, 'consent', consentStatement), [consent.challenges, consent.subjects, consent.clients]);
+      const params = [tokens.access, tokens.refresh].flatMap((p) => [[...p.signatures], [...p.requestIds], [...p.resolveSignatures]]);
+      if (params.some((a) => a.length)) {
+        const has = params.map((a) => a.length > 0);
+        const shape = { access: [has[0]!, has[1]!, has[2]!] as const, refresh: [has[3]!, has[4]!, has[5]!] as const };
+        await db.query(statement(profile, `tokens:${has.map(Number).join('')}`, (s) => tokenStatement(s, shape)), params);
+      }
+      await db.query('COMMIT');
+      return { applied: todo.length, duplicates: events.length - todo.length };
+    } catch (err) {
+      await db.query('ROLLBACK').catch(() => undefined);
+      if (attempt === 0 && isMissingState(err)) {
+        await ensureReplayed(db);
+        continue;
+      }
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,148 @@
+// Semantic validation: configured invariants, each a query on blue, a query on green and the
+// relation their keys must satisfy. Counts and checksums cannot see a migration that rewrites a
+// consent's state on a merged table; an invariant over what users depend on can. Every failure
+// names the invariant, the counts and a few sample keys.
+
+import type { ResolvedConfig } from '../config/load.ts';
+import type { InvariantSpec } from '../cutover/schema.ts';
+import { query, toPostgresError, type Db } from '../db/connect.ts';
+import { QUARANTINE_SCHEMA, quarantineTable } from '../db/quarantine.ts';
+import { ident, qualified } from '../db/sql.ts';
+import { HYDRA_INVARIANTS } from './hydra-invariants.ts';
+
+/** How many offending keys a report shows. */
+export const SAMPLE_SIZE = 5;
+
+/** One invariant's verdict. */
+export interface InvariantResult {
+  /** Invariant name. */
+  name: string;
+  /** The relation checked. */
+  relation: InvariantSpec['relation'];
+  /** Whether it holds. */
+  passed: boolean;
+  /** Keys returned by the blue query. */
+  blueCount: number;
+  /** Keys returned by the green query. */
+  greenCount: number;
+  /** Blue keys found in green's quarantine (accounted for). */
+  quarantinedCount: number;
+  /** Offending keys: blue keys missing on green, green keys that should not be there. */
+  offending: number;
+  /** Up to SAMPLE_SIZE offending keys. */
+  sample: string[];
+  /** One sentence for humans. */
+  message: string;
+}
+
+/** Inputs the invariant queries may use. */
+export interface InvariantParams {
+  /** Capture start on blue (ISO); blue queries see it as $1. */
+  captureStart: string;
+  /** Whether the drain has run; blue queries see it as $2. */
+  drained: boolean;
+}
+
+/** The invariants in force: the profile's, then the configured ones (a configured name replaces the profile's). */
+export function invariantsOf(config: ResolvedConfig): InvariantSpec[] {
+  const configured = config.raw.invariants;
+  const names = new Set(configured.map((i) => i.name));
+  const profile = config.raw.profile === 'hydra' ? HYDRA_INVARIANTS.filter((i) => !names.has(i.name)) : [];
+  return [...profile, ...configured];
+}
+
+/** Capture start on blue, or now when capture never ran. */
+export async function captureStart(blue: Db): Promise<string> {
+  const { rows } = await query<{ at: string }>(
+    blue,
+    `SELECT CASE WHEN to_regclass('bluegreen.capture') IS NULL THEN NULL ELSE (SELECT started_at FROM bluegreen.capture) END::text AS at`,
+  );
+  return rows[0]?.at ?? new Date().toISOString();
+}
+
+function highestParam(sql: string): number {
+  return Math.max(0, ...[...sql.matchAll(/\$(\d+)/g)].map((m) => Number(m[1])));
+}
+
+async function keys(db: Db, sql: string, params: unknown[]): Promise<string[]> {
+  try {
+    const res = await db.query<unknown[]>({ text: sql, values: params.slice(0, highestParam(sql)), rowMode: 'array' });
+    return res.rows.map((r) => String(r[0]));
+  } catch (err) {
+    throw toPostgresError(err, { sql });
+  }
+}
+
+async function quarantinedKeys(green: Db, spec: InvariantSpec): Promise<Set<string>> {
+  const out = new Set<string>();
+  for (const q of spec.quarantine) {
+    const [schema = 'public', name = ''] = q.table.split('.');
+    const qt = quarantineTable({ schema, name });
+    const exists = await query<{ ok: boolean }>(green, 'SELECT to_regclass($1) IS NOT NULL AS ok', [`${QUARANTINE_SCHEMA}.${ident(qt)}`]);
+    if (!exists.rows[0]?.ok) continue;
+    for (const k of await keys(green, `SELECT ${q.key} FROM ${qualified(QUARANTINE_SCHEMA, qt)}`, [])) out.add(k);
+  }
+  return out;
+}
+
+/** Evaluates one invariant. */
+export async function checkInvariant(blue: Db, green: Db, spec: InvariantSpec, params: InvariantParams): Promise<InvariantResult> {
+  const blueKeys = spec.blue ? await keys(blue, spec.blue, [params.captureStart, params.drained]) : [];
+  const greenKeys = spec.relation === 'green-empty' && spec.blue ? await keys(green, spec.green, [blueKeys]) : await keys(green, spec.green, []);
+  const quarantined = await quarantinedKeys(green, spec);
+  const greenSet = new Set(greenKeys);
+  const accounted = blueKeys.filter((k) => quarantined.has(k));
+  let offendingKeys: string[] = [];
+  let message: string;
+  switch (spec.relation) {
+    case 'blue-subset-of-green':
+      offendingKeys = blueKeys.filter((k) => !greenSet.has(k) && !quarantined.has(k));
+      message = `${offendingKeys.length} of ${blueKeys.length} blue keys are missing on green`;
+      break;
+    case 'equal': {
+      const blueSet = new Set(blueKeys);
+      const missing = blueKeys.filter((k) => !greenSet.has(k) && !quarantined.has(k));
+      const extra = greenKeys.filter((k) => !blueSet.has(k));
+      offendingKeys = [...missing, ...extra];
+      message = `${missing.length} blue keys missing on green, ${extra.length} green keys not on blue`;
+      break;
+    }
+    case 'equal-counts': {
+      const diff = blueKeys.length - (greenKeys.length + accounted.length);
+      message = `blue ${blueKeys.length} rows, green ${greenKeys.length} + ${accounted.length} quarantined`;
+      if (diff !== 0) offendingKeys = [`count difference ${diff}`];
+      break;
+    }
+    case 'green-empty':
+      offendingKeys = greenKeys;
+      message = `${greenKeys.length} green rows that must not exist`;
+      break;
+  }
+  return {
+    name: spec.name,
+    relation: spec.relation,
+    passed: offendingKeys.length === 0,
+    blueCount: blueKeys.length,
+    greenCount: greenKeys.length,
+    quarantinedCount: accounted.length,
+    offending: offendingKeys.length,
+    sample: offendingKeys.slice(0, SAMPLE_SIZE),
+    message: `${spec.name}: ${message}`,
+  };
+}
+
+/** Evaluates every invariant in force; never throws on a failed invariant, returns it. */
+export async function checkInvariants(blue: Db, green: Db, specs: readonly InvariantSpec[], opts: { drained: boolean }): Promise<InvariantResult[]> {
+  if (!specs.length) return [];
+  const params: InvariantParams = { captureStart: await captureStart(blue), drained: opts.drained };
+  const out: InvariantResult[] = [];
+  for (const spec of specs) out.push(await checkInvariant(blue, green, spec, params));
+  return out;
+}
+
+/** The failure lines of failed invariants, with counts and sample keys. */
+export function invariantFailures(results: readonly InvariantResult[]): string[] {
+  return results
+    .filter((r) => !r.passed)
+    .map((r) => `invariant ${r.message} (blue ${r.blueCount}, green ${r.greenCount}, quarantined ${r.quarantinedCount}); sample keys: ${r.sample.join(', ')}`);
+}

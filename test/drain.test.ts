@@ -1,0 +1,140 @@
+// `migrate drain` on real Postgres: blue's outbox and a queue (over the documented REST shapes)
+// replayed into a v2-shaped green, resumable by the high-water mark, deduplicated, forged messages
+// left for the dead-letter queue, and rows of transactions still open at a read picked up later.
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type pg from 'pg';
+import { connect } from '../src/db/connect.ts';
+import { profileDefaults } from '../src/config/profiles.ts';
+import { loadHydraV1Schema, seedHydraV1 } from '../src/fixture/seed.ts';
+import { signRevocation } from '../src/queue-consumer/message.ts';
+import { LocalQueue } from '../src/queue/local.ts';
+import { serveLocalQueueApi } from '../src/queue/local-http.ts';
+import { installGreenCapture } from '../src/replay/capture-green.ts';
+import { popSource } from '../src/sources/pop.ts';
+import { drain } from '../src/steps/drain.ts';
+import { createDbPair, runCli, seedBlue, V2_MIGRATIONS, writeConfig, type DbPair } from './harness.ts';
+
+const KEY = 'drain-test-hmac-key';
+let pair: DbPair;
+let blue: pg.Client;
+let green: pg.Client;
+
+/** Revokes a grant on blue the way the engine does (v1): delete access rows, deactivate refresh rows. */
+async function revokeOnBlue(db: pg.Client, requestId: string): Promise<void> {
+  await db.query('DELETE FROM hydra_oauth2_access WHERE request_id = $1', [requestId]);
+  await db.query('UPDATE hydra_oauth2_refresh SET active = false WHERE request_id = $1 AND active', [requestId]);
+}
+
+async function liveGrants(db: pg.Client, n: number, offset: number): Promise<{ request_id: string; signature: string }[]> {
+  return (await db.query(`SELECT r.request_id, r.signature FROM hydra_oauth2_refresh r WHERE r.active AND EXISTS (SELECT 1 FROM hydra_oauth2_access a WHERE a.request_id = r.request_id)
+    ORDER BY r.signature OFFSET $1 LIMIT $2`, [offset, n])).rows;
+}
+
+async function liveOnGreen(requestIds: string[]): Promise<number> {
+  const { rows } = await green.query(`SELECT (SELECT count(*) FROM hydra_oauth2_access WHERE request_id = ANY($1)) + (SELECT count(*) FROM hydra_oauth2_refresh WHERE request_id = ANY($1) AND active) AS n`, [requestIds]);
+  return Number(rows[0].n);
+}
+
+beforeAll(async () => {
+  pair = await createDbPair('drain');
+  await seedBlue(pair, { rows: 600, seed: 3, dirty: [] });
+  blue = await connect('blue', pair.blueDsn);
+  await installGreenCapture(blue, profileDefaults('hydra').captureTables); // the capture step's triggers, v1 tables
+  green = await connect('green', pair.greenDsn);
+  await loadHydraV1Schema(green);
+  await seedHydraV1(green, { rows: 600, seed: 3, dirty: [] }); // the snapshot: same data
+  const source = popSource(V2_MIGRATIONS);
+  for (const m of await source.pending(green)) await source.apply(green, m);
+}, 60_000);
+
+afterAll(async () => {
+  await blue?.end();
+  await green?.end();
+  await pair?.drop();
+});
+
+describe('drain', () => {
+  it('replays the outbox into green and resumes from its high-water mark', async () => {
+    const first = await liveGrants(blue, 20, 0);
+    for (const g of first) await revokeOnBlue(blue, g.request_id);
+    expect(await liveOnGreen(first.map((g) => g.request_id))).toBeGreaterThan(0);
+    const outbox = Number((await blue.query('SELECT count(*) AS n FROM bluegreen.outbox')).rows[0].n);
+    expect(outbox).toBeGreaterThanOrEqual(first.length * 2);
+    const s1 = await drain({ source: blue, sourceSide: 'blue', target: green, profile: 'hydra-v2', batchSize: 7 });
+    expect(s1.outboxRead).toBe(outbox);
+    expect(s1.batches).toBeGreaterThan(1);
+    expect(await liveOnGreen(first.map((g) => g.request_id))).toBe(0);
+
+    const second = await liveGrants(blue, 5, 0);
+    for (const g of second) await revokeOnBlue(blue, g.request_id);
+    const captured = Number((await blue.query('SELECT count(*) AS n FROM bluegreen.outbox WHERE seq > $1', [s1.outboxMark])).rows[0].n);
+    const s2 = await drain({ source: blue, sourceSide: 'blue', target: green, profile: 'hydra-v2' });
+    expect(s2.outboxRead).toBe(captured);
+    expect(await liveOnGreen(second.map((g) => g.request_id))).toBe(0);
+    expect((await drain({ source: blue, sourceSide: 'blue', target: green, profile: 'hydra-v2' })).outboxRead).toBe(0);
+  });
+
+  it('picks up a revocation whose transaction was still open when a later one was drained', async () => {
+    const [slow, fast] = await liveGrants(blue, 2, 0);
+    const other = await connect('blue', pair.blueDsn);
+    try {
+      await other.query('BEGIN');
+      await revokeOnBlue(other, slow!.request_id); // takes the lower seq, commits last
+      await revokeOnBlue(blue, fast!.request_id);
+      await drain({ source: blue, sourceSide: 'blue', target: green, profile: 'hydra-v2' });
+      expect(await liveOnGreen([fast!.request_id])).toBe(0);
+      expect(await liveOnGreen([slow!.request_id])).toBeGreaterThan(0);
+      await other.query('COMMIT');
+    } finally {
+      await other.end();
+    }
+    await drain({ source: blue, sourceSide: 'blue', target: green, profile: 'hydra-v2' });
+    expect(await liveOnGreen([slow!.request_id])).toBe(0);
+  });
+
+  it('applies queue messages once, acks them after commit and leaves forged ones for the dead-letter queue', async () => {
+    const queue = new LocalQueue({ maxRetries: 2 });
+    const grants = await liveGrants(green, 6, 0);
+    const envelopes = await Promise.all(grants.map((g, i) => signRevocation({ v: 1, id: `q-${g.signature.slice(0, 12)}-${i}`, kind: 'token-revoke', at: new Date().toISOString(), requestId: g.request_id }, KEY)));
+    for (const e of envelopes) queue.send(e);
+    queue.send(envelopes[0]); // delivered twice
+    const victim = (await liveGrants(green, 1, 10))[0]!;
+    const forged = await signRevocation({ v: 1, id: 'forged-0001', kind: 'token-revoke', at: new Date().toISOString(), requestId: victim.request_id }, 'not-the-key');
+    queue.send(forged);
+    queue.send({ body: { v: 1 }, mac: 'zz' });
+    const stats = await drain({ source: blue, sourceSide: 'blue', target: green, profile: 'hydra-v2', queue: { queue, hmacKey: KEY } });
+    expect(stats.queueRead).toBe(7);
+    expect(stats.duplicates).toBeGreaterThanOrEqual(1);
+    expect(stats.rejected).toEqual({ 'bad-signature': 3, malformed: 3 });
+    expect(await liveOnGreen(grants.map((g) => g.request_id))).toBe(0);
+    expect(await liveOnGreen([victim.request_id])).toBeGreaterThan(0);
+    expect(queue.size).toBe(0);
+    expect(queue.deadLetters.map((d) => d.body)).toEqual([forged, { body: { v: 1 }, mac: 'zz' }]);
+  });
+
+  it('runs as `migrate drain --json` against the Queues REST API without printing its secrets', async () => {
+    const queue = new LocalQueue();
+    const api = await serveLocalQueueApi(queue, { accountId: 'acc', queueId: 'rq', token: 'cli-token-secret' });
+    try {
+      const g = (await liveGrants(green, 1, 3))[0]!;
+      queue.send(await signRevocation({ v: 1, id: 'cli-msg-0001', kind: 'refresh-rotate', at: new Date().toISOString(), signature: g.signature }, KEY));
+      const cfg = writeConfig(pair, { queue: { kind: 'cloudflare-http', accountId: 'acc', queueId: 'rq', token: 'env:Q_TOKEN', hmacKey: 'env:Q_HMAC', baseUrl: api.baseUrl } });
+      const res = await runCli(['drain', '--config', cfg.file, '--json'], { ...cfg.env, Q_TOKEN: 'cli-token-secret', Q_HMAC: KEY });
+      expect(res.code, res.stderr).toBe(0);
+      const doc = JSON.parse(res.stdout);
+      expect(doc.drain).toMatchObject({ queueRead: 1, applied: 1 });
+      expect(res.stdout + res.stderr).not.toContain('cli-token-secret');
+      expect((await green.query('SELECT active FROM hydra_oauth2_refresh WHERE signature = $1', [g.signature])).rows).toEqual([{ active: false }]);
+    } finally {
+      await api.close();
+    }
+  });
+
+  it('fails with exit 2 naming the unset queue secrets', async () => {
+    const cfg = writeConfig(pair, { queue: { kind: 'cloudflare-http', accountId: 'acc', queueId: 'rq', token: 'env:Q_TOKEN_UNSET', hmacKey: 'env:Q_HMAC_UNSET' } });
+    const res = await runCli(['drain', '--config', cfg.file, '--json'], cfg.env);
+    expect(res.code).toBe(2);
+    expect(res.stdout).toContain('Q_TOKEN_UNSET');
+  });
+});
