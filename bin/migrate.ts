@@ -3,7 +3,7 @@
 
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { applyCommand } from '../src/commands/apply.ts';
-import { demoCommand } from '../src/commands/demo.ts';
+import { DEMO_FAULTS, demoCommand } from '../src/commands/demo.ts';
 import { doctorCommand } from '../src/commands/doctor.ts';
 import { lintCommand } from '../src/commands/lint.ts';
 import { planCommand } from '../src/commands/plan.ts';
@@ -187,6 +187,13 @@ program
   .option('--rows <n>', 'access-token rows to seed on blue', positiveInt, 20000)
   .option('--seed <n>', 'seed of the deterministic data generator', anyInt, 42)
   .option('--no-dirty', 'seed no dirty rows (by default every dirty-row class is seeded)')
+  .option('--traffic <n>', 'revocation requests sent through the edge router during the window', positiveInt, 1200)
+  .addOption(new Option('--fault <name>', 'inject a failure: target-fails (one cutover target fails: all roll back, exit 8) or corrupt-migration (validation catches it, exit 5)').choices([...DEMO_FAULTS]))
+  .addHelpText('after', `
+The demo starts two PostgreSQL clusters, the stand-in engine on each, and the edge router and
+consumer Workers in workerd; seeds blue with dirty rows; runs apply while revocation traffic goes
+through the router; then lever, cutover of three targets, drain, validation, watch and metrics.
+It removes everything it started when it ends.`)
   .action((o) => run(o.json, () => demoCommand(o)));
 
 program

@@ -26,7 +26,7 @@ export interface ConsumerEnv {
 }
 
 /** Seconds a parked message waits before it is offered again. */
-const PARK_DELAY_SECONDS = 1;
+const PARK_DELAY_SECONDS = 5;
 const PROFILES: readonly ReplayProfile[] = ['hydra-v1', 'hydra-v2'];
 
 function profileOf(env: ConsumerEnv): ReplayProfile {

@@ -48,6 +48,8 @@ export interface LocalEdge {
   url: string;
   /** Points the router at another engine (what cutover does with KV). */
   setUpstream(url: string): Promise<void>;
+  /** The router's KV namespace (key `upstream`), for a cutover `kv` target. */
+  routes: { get(key: string, type: 'text'): Promise<string | null>; put(key: string, value: string): Promise<void>; delete(key: string): Promise<void> };
   /** Holds deliveries back (they are re-queued until resumed). */
   pauseConsumer(): Promise<void>;
   /** Lets deliveries through again. */
@@ -165,6 +167,7 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
   return {
     url,
     setUpstream: (u) => routes.put('upstream', u),
+    routes: { get: (key) => routes.get(key, 'text'), put: (key, value) => routes.put(key, value), delete: (key) => routes.delete(key) },
     pauseConsumer: () => routes.put(PAUSE_KEY, '1'),
     resumeConsumer: () => routes.delete(PAUSE_KEY),
     enqueue: async (bodies) => {
