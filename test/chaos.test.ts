@@ -14,7 +14,10 @@ import { rawTokenFor, startStandin, type Standin } from '../src/standin/server.t
 import { createDbPair, runCli, seedBlue, withClient, writeConfig, type DbPair } from './harness.ts';
 
 const HMAC = 'chaos-hmac-key';
-const OPS = { revoke: 5000, rotate: 4000, consent: 1000 } as const;
+// The issue's full size is 10,000 operations (CHAOS_OPS=10000, about 5 minutes on this 2-core
+// machine); the default suite runs a quarter of it so `npm test` stays well under 10 minutes.
+const TOTAL = Number(process.env.CHAOS_OPS ?? 2500);
+const OPS = { revoke: TOTAL / 2, rotate: (TOTAL * 2) / 5, consent: TOTAL / 10 } as const;
 const CONCURRENCY = 16;
 
 interface Grant { access: string; refresh: string; subject: string; client_id: string }
@@ -69,7 +72,7 @@ async function introspectAll(base: string, tokens: readonly string[]): Promise<s
 
 beforeAll(async () => {
   pair = await createDbPair('chaos');
-  await seedBlue(pair, { rows: 20_000, seed: 99, dirty: [] });
+  await seedBlue(pair, { rows: Math.max(6000, TOTAL * 2), seed: 99, dirty: [] });
   blueStandin = await startStandin({ dsn: pair.blueDsn, profile: 'hydra-v1', connections: 8 });
   edge = await startEdge({ upstreamUrl: blueStandin.url, greenDsn: pair.greenDsn, hmacKey: HMAC, profile: 'hydra-v2', onLog: () => {} });
 }, 120_000);
@@ -103,7 +106,7 @@ describe('chaos', () => {
       ...rotated.map((g): Op => ({ kind: 'rotate', token: rawTokenFor(g.refresh) })),
       ...consentKeys.map((k): Op => { const [subject, client] = k.split('\u0000') as [string, string]; return { kind: 'consent', subject, client }; }),
     ].sort((a, b) => (JSON.stringify(a) < JSON.stringify(b) ? -1 : 1)); // interleave the kinds
-    expect(ops.length).toBe(10_000);
+    expect(ops.length).toBe(TOTAL);
 
     // Forged (right shape, wrong key) against untouched grants, malformed junk, and valid messages sent twice.
     const now = () => new Date().toISOString();
@@ -119,7 +122,7 @@ describe('chaos', () => {
     let applyDone = false;
     const apply = runCli(['apply', '--config', cfg.file, '--json'], cfg.env).finally(() => { applyDone = true; });
     // During apply (capped: a paused local consumer re-parks every queued message each second).
-    const phaseA = drive(edge!.url, traffic, 3000, () => applyDone);
+    const phaseA = drive(edge!.url, traffic, Math.floor(TOTAL * 0.3), () => applyDone);
     await edge!.enqueue([...forged, ...malformed, ...twice, ...twice]);
     const [applied] = await Promise.all([apply, phaseA]);
     expect(applied.code, applied.stdout.slice(-3000)).toBe(0);
@@ -128,10 +131,10 @@ describe('chaos', () => {
 
     // Mid-stream: delivery resumes into the migrated green, stops, and resumes again after the flip.
     await edge!.resumeConsumer();
-    await drive(edge!.url, traffic, duringApply + Math.floor((10_000 - duringApply) / 2));
+    await drive(edge!.url, traffic, duringApply + Math.floor((TOTAL - duringApply) / 2));
     await edge!.pauseConsumer();
-    await drive(edge!.url, traffic, 10_000);
-    expect(traffic.ok).toBe(10_000);
+    await drive(edge!.url, traffic, TOTAL);
+    expect(traffic.ok).toBe(TOTAL);
     mark('traffic done');
 
     greenStandin = await startStandin({ dsn: pair.greenDsn, profile: 'hydra-v2', connections: 4 });
@@ -145,7 +148,7 @@ describe('chaos', () => {
     expect(drainDoc.drain.outboxRead).toBeGreaterThan(0);
 
     // Miniflare has no queue-depth API: wait (bounded) until every valid message id is recorded on green.
-    const expectedIds = 10_000 + twice.length;
+    const expectedIds = TOTAL + twice.length;
     const deadline = Date.now() + 60_000;
     let consumed = 0;
     while (Date.now() < deadline) {

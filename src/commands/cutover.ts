@@ -5,7 +5,10 @@ import { kvFromEnv } from '../cutover/kv-env.ts';
 import { StateError } from '../errors.ts';
 import { collectMetrics, metricsMarkdown, metricsText } from '../report/metrics.ts';
 import { Journal, latestRun } from '../state/journal.ts';
+import { installGreenCapture } from '../replay/capture-green.ts';
+import { drain } from '../steps/drain.ts';
 import { runCutoverPhase } from '../steps/cutover.ts';
+import { queueFromConfig } from './drain.ts';
 import { table, type CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
 import fs from 'node:fs';
@@ -26,7 +29,20 @@ export async function cutoverCommand(flags: CutoverFlags): Promise<CommandResult
     ctx.journal = new Journal(ctx.blue, run.run_id);
     ctx.progress = (text) => void process.stderr.write(`${new Date().toISOString().slice(11, 19)} cutover: ${text}\n`);
     const kv = kvFromEnv();
-    const phase = await runCutoverPhase({ ctx, yes: !!flags.yes, kv: kv.kv }).finally(() => kv.dispose());
+    const queue = queueFromConfig(ctx.config);
+    const profile = ctx.config.raw.replay.profile;
+    const phase = await runCutoverPhase({
+      ctx,
+      yes: !!flags.yes,
+      kv: kv.kv,
+      // After the flip: green's own revocations are captured (for a rollback), then blue's window is replayed into green.
+      drain: async () => {
+        await installGreenCapture(ctx.green);
+        const stats = await drain({ source: ctx.blue, sourceSide: 'blue', target: ctx.green, profile, ...(queue ? { queue } : {}), progress: ctx.progress });
+        return { replayed: stats.applied };
+      },
+      replayToBlue: async () => ({ replayed: (await drain({ source: ctx.green, sourceSide: 'green', target: ctx.blue, profile: 'hydra-v1', progress: ctx.progress })).applied }),
+    }).finally(() => kv.dispose());
     const metrics = await collectMetrics(ctx, { probesBefore: phase.probesBefore, probesAfter: phase.watch?.probes ?? [] });
     if (flags.reportMd) fs.writeFileSync(flags.reportMd, metricsMarkdown(metrics, { title: 'migrate cutover', cutover: phase.cutover }));
     const exitCode = phase.error?.exitCode ?? 0;
@@ -34,7 +50,7 @@ export async function cutoverCommand(flags: CutoverFlags): Promise<CommandResult
       table([['target', 'status'], ...phase.cutover.targets.map((t) => [t.name, t.status])]),
       phase.cutover.rolledBack ? `ROLLED BACK (order: ${phase.cutover.rollbackOrder.join(' -> ') || 'nothing committed'})` : 'cutover committed',
       phase.lever ? `lever: raised from ${JSON.stringify(phase.lever.saved)}, ${phase.lever.restored ? 'restored' : 'NOT restored'}` : '',
-      phase.drained !== null ? `drained: ${phase.drained} revocation(s)` : 'drain: not wired in this command (run `migrate drain`)',
+      phase.drained !== null ? `drained: ${phase.drained} revocation(s)` : '',
       ...phase.invariants.map((i) => `invariant ${i.name}: ${i.passed ? 'ok' : `FAILED (${i.message})`}`),
       phase.watch ? `watch: ${phase.watch.rounds} round(s), ${phase.watch.breach ? `BREACH ${phase.watch.breach.reason}` : 'no breach'}` : '',
       metricsText(metrics),

