@@ -27,7 +27,7 @@ export class CutoverRolledBackError extends OperatorError {
     super(`cutover rolled back: ${failure.phase} of ${failure.target} failed: ${failure.message}.${manual}`, {
       hint: rollbackFailures.length
         ? 'run `migrate rollback --yes` to retry the failed rollbacks, then check each target by hand (runbooks/rollback.md)'
-        : 'blue is serving again and the TTL lever is restored; fix the named target and run `migrate cutover` again (runbooks/exit-codes.md#8)',
+        : 'blue is serving again and the TTL lever is restored; fix the named target and run `migrate cutover` again (runbooks/exit-codes/8.md)',
       exitCode: ExitCode.cutoverRolledBack,
       detail: { failure, rollbackFailures, ...detail },
     });
