@@ -11,9 +11,10 @@ import path from 'node:path';
 // that overwrites a failing process.exitCode (vitest's, a benchmark's) with success, and its 'exit'
 // handler then calls an async shutdown without its callback and crashes. Callers here always stop
 // their clusters themselves, so those handlers go; the signal handlers (Ctrl-C) stay.
-for (const event of ['beforeExit', 'exit', 'message'] as const) {
-  for (const listener of process.listeners(event)) {
-    if (String(listener).includes('eventFilters')) process.removeListener(event, listener as (...args: unknown[]) => void);
+const emitter: NodeJS.EventEmitter = process;
+for (const event of ['beforeExit', 'exit', 'message']) {
+  for (const listener of emitter.listeners(event)) {
+    if (String(listener).includes('eventFilters')) emitter.removeListener(event, listener as (...args: unknown[]) => void);
   }
 }
 
