@@ -10,7 +10,7 @@ import type { ProgressSink } from '../src/runner.ts';
 import { loadWorkload, migrateInPlace, migrateRaw, startWriters, type WriterReport } from './workload.ts';
 
 const { values } = parseArgs({
-  options: { rows: { type: 'string', default: '1000000' }, 'lock-timeout': { type: 'string', default: '100' }, 'batch-rows': { type: 'string', default: '5000' }, json: { type: 'boolean', default: false } },
+  options: { rows: { type: 'string', default: '1000000' }, 'lock-timeout': { type: 'string', default: '100' }, 'batch-rows': { type: 'string', default: '2000' }, json: { type: 'boolean', default: false } },
 });
 const rows = Number(values.rows);
 const lockTimeoutMs = Number(values['lock-timeout']);

@@ -102,9 +102,9 @@ export const configSchema = z.strictObject({
     .strictObject({
       lockTimeoutMs: z.number().int().min(10).max(600_000).default(500).describe('lock_timeout for every in-place statement; no writer waits longer'),
       retries: z.number().int().min(0).max(100).default(10).describe('retries per statement after a lock timeout, with backoff'),
-      backfillBatchRows: z.number().int().min(1).max(1_000_000).default(5000).describe('rows per transaction of a batched backfill'),
+      backfillBatchRows: z.number().int().min(1).max(1_000_000).default(2000).describe('rows per transaction of a batched backfill'),
     })
-    .default({ lockTimeoutMs: 500, retries: 10, backfillBatchRows: 5000 }),
+    .default({ lockTimeoutMs: 500, retries: 10, backfillBatchRows: 2000 }),
   lint: z
     .strictObject({
       queriesFile: z.string().min(1).optional().describe("the application's queries, for the SELECT * check (relative to the config file)"),
