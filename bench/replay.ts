@@ -44,11 +44,15 @@ try {
     if (!r && !a) throw new Error(`the seed has too few tokens for ${events} events`);
   }
 
+  // Each side starts from clean shared buffers: without a checkpoint the side measured first pays for
+  // writing out both seeds' dirty pages.
+  await ours.query('CHECKPOINT');
   let start = performance.now();
   let applied = 0;
   for (let i = 0; i < list.length; i += batch) applied += (await applyReplayBatch(ours, 'hydra-v1', list.slice(i, i + batch))).applied;
   const oursSeconds = (performance.now() - start) / 1000;
 
+  await naive.query('CHECKPOINT');
   start = performance.now();
   await naive.query('BEGIN');
   for (const e of list.slice(0, naiveEvents)) {

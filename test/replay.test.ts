@@ -109,6 +109,35 @@ for (const profile of ['hydra-v1', 'hydra-v2'] as const) {
   });
 }
 
+describe('conflicts', () => {
+  it('runs a batch again when it loses a deadlock against another writer', async () => {
+    const [x, y] = (await v1.query<{ refresh: string }>('SELECT signature AS refresh FROM hydra_oauth2_refresh WHERE active ORDER BY signature OFFSET 50 LIMIT 2')).rows as [{ refresh: string }, { refresh: string }];
+    const deadlocks = async () => (await one<{ n: number }>(v1, 'SELECT deadlocks::int AS n FROM pg_stat_database WHERE datname = current_database()')).n;
+    const deadlocksBefore = await deadlocks();
+    const other = await connect('blue', pair.blueDsn);
+    try {
+      const pid = (await one<{ p: number }>(v1, 'SELECT pg_backend_pid() AS p')).p;
+      await other.query('BEGIN');
+      await other.query('UPDATE hydra_oauth2_refresh SET scope = scope WHERE signature = $1', [x.refresh]);
+      // The batch locks y's row (its earlier event), then waits for x's row.
+      const batch = applyReplayBatch(v1, 'hydra-v1', [ev({ kind: 'refresh-rotate', signature: y.refresh }), ev({ kind: 'refresh-rotate', signature: x.refresh })]);
+      for (let i = 0; i < 200 && (await one<{ w: string | null }>(other, 'SELECT wait_event_type AS w FROM pg_stat_activity WHERE pid = $1', [pid])).w !== 'Lock'; i++) await new Promise((r) => setTimeout(r, 25));
+      // Now the other writer wants y's row: a cycle. The batch has waited longer, so its deadlock check
+      // fires first and it is the one aborted (40P01); it must run again once the other writer is done.
+      await other.query('UPDATE hydra_oauth2_refresh SET scope = scope WHERE signature = $1', [y.refresh]);
+      await other.query('ROLLBACK');
+      expect(await batch).toEqual({ applied: 2, duplicates: 0 });
+      const active = await one<{ n: number }>(v1, 'SELECT count(*)::int AS n FROM hydra_oauth2_refresh WHERE signature = ANY($1) AND active', [[x.refresh, y.refresh]]);
+      expect(active.n).toBe(0);
+      // Postgres counted the deadlock (its statistics are flushed within about a second).
+      for (let i = 0; i < 40 && (await deadlocks()) === deadlocksBefore; i++) await new Promise((r) => setTimeout(r, 100));
+      expect(await deadlocks()).toBeGreaterThan(deadlocksBefore);
+    } finally {
+      await other.end();
+    }
+  });
+});
+
 describe('ordering', () => {
   it('sorts a batch by time, then id, and keeps the first copy of a repeated id', () => {
     const a = { id: 'b', kind: 'token-revoke', at: '2024-01-01T00:00:02Z', requestId: 'r1' } as const;

@@ -103,10 +103,28 @@ export const REPLAYED_TABLE = 'bluegreen_green.replayed';
 
 const ENSURE_REPLAYED = [
   'CREATE SCHEMA IF NOT EXISTS bluegreen_green',
-  `CREATE TABLE IF NOT EXISTS ${REPLAYED_TABLE} (event_id text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())`,
+  // Byte-order collation: ids are opaque, and memcmp keeps the per-event index insert cheap.
+  `CREATE TABLE IF NOT EXISTS ${REPLAYED_TABLE} (event_id text COLLATE "C" PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`,
 ];
 
-const DEDUP_SQL = `INSERT INTO ${REPLAYED_TABLE} (event_id) SELECT unnest($1::text[]) ON CONFLICT (event_id) DO NOTHING RETURNING event_id`;
+// Claiming ids: first as a plain insert (the usual case, every id new), which costs about half of
+// ON CONFLICT's speculative insertion; on a unique violation, the batch falls back to the
+// conflict-aware insert, which returns the ids that were new.
+const CLAIM_ALL_SQL = `INSERT INTO ${REPLAYED_TABLE} (event_id) SELECT unnest($1::text[])`;
+const CLAIM_NEW_SQL = `INSERT INTO ${REPLAYED_TABLE} (event_id) SELECT unnest($1::text[]) ON CONFLICT (event_id) DO NOTHING RETURNING event_id`;
+
+/** Records the batch's ids as applied and returns the ones that were not applied before. */
+async function claimIds(db: SqlClient, ids: string[]): Promise<Set<string>> {
+  await db.query('SAVEPOINT claim');
+  try {
+    await db.query(CLAIM_ALL_SQL, [ids]);
+    return new Set(ids);
+  } catch (err) {
+    if ((err as { code?: string }).code !== '23505') throw err;
+    await db.query('ROLLBACK TO SAVEPOINT claim');
+    return new Set((await db.query(CLAIM_NEW_SQL, [ids])).rows.map((r: { event_id: string }) => r.event_id));
+  }
+}
 
 /** Token parameters per table: exact signatures, request ids, and signatures whose request id must be looked up. */
 interface TokenParams {
@@ -182,8 +200,10 @@ function statement(profile: ReplayProfile, key: string, build: (s: ProfileSemant
 /** Sorts by time, then id, and drops repeated ids (first occurrence wins). */
 export function orderEvents<T extends ReplayEvent>(events: readonly T[]): T[] {
   const seen = new Set<string>();
-  const unique = events.filter((e) => (seen.has(e.id) ? false : (seen.add(e.id), true)));
-  return unique.sort((a, b) => Date.parse(a.at) - Date.parse(b.at) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  const keyed: { at: number; e: T }[] = [];
+  for (const e of events) if (!seen.has(e.id)) (seen.add(e.id), keyed.push({ at: Date.parse(e.at), e }));
+  keyed.sort((a, b) => a.at - b.at || (a.e.id < b.e.id ? -1 : a.e.id > b.e.id ? 1 : 0));
+  return keyed.map((k) => k.e);
 }
 
 /** Collects the bind parameters of a batch from the profile's declared kinds. */
@@ -217,6 +237,10 @@ function isMissingState(err: unknown): boolean {
   return code === '42P01' || code === '3F000';
 }
 
+/** Deadlock and serialization failure: the transaction lost a race and can simply run again. */
+const CONFLICT_CODES = new Set(['40P01', '40001']);
+const MAX_CONFLICT_RETRIES = 5;
+
 async function ensureReplayed(db: SqlClient): Promise<void> {
   for (const sql of ENSURE_REPLAYED) {
     try {
@@ -239,7 +263,7 @@ export async function applyReplayBatch(db: SqlClient, profile: ReplayProfile, ev
   for (let attempt = 0; ; attempt++) {
     await db.query('BEGIN');
     try {
-      const fresh = new Set((await db.query(DEDUP_SQL, [ordered.map((e) => e.id)])).rows.map((r: { event_id: string }) => r.event_id));
+      const fresh = await claimIds(db, ordered.map((e) => e.id));
       const todo = ordered.filter((e) => fresh.has(e.id));
       const { tokens, consent } = collect(PROFILE_SEMANTICS[profile], todo);
       if (consent.challenges.length || consent.subjects.length) await db.query(statement(profile, 'consent', consentStatement), [consent.challenges, consent.subjects, consent.clients]);
@@ -247,6 +271,11 @@ export async function applyReplayBatch(db: SqlClient, profile: ReplayProfile, ev
       if (params.some((a) => a.length)) {
         const has = params.map((a) => a.length > 0);
         const shape = { access: [has[0]!, has[1]!, has[2]!] as const, refresh: [has[3]!, has[4]!, has[5]!] as const };
+        // Every token key is an index probe (signature and request_id are indexed in every profile); a
+        // hash join would read a whole token table per batch, which the planner picks whenever a table
+        // looks small next to the batch, as green does right after the copy. Only this statement: the
+        // consent statement above may join on an unindexed subject column.
+        await db.query("SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)");
         await db.query(statement(profile, `tokens:${has.map(Number).join('')}`, (s) => tokenStatement(s, shape)), params);
       }
       await db.query('COMMIT');
@@ -255,6 +284,12 @@ export async function applyReplayBatch(db: SqlClient, profile: ReplayProfile, ev
       await db.query('ROLLBACK').catch(() => undefined);
       if (attempt === 0 && isMissingState(err)) {
         await ensureReplayed(db);
+        continue;
+      }
+      // Another writer (the consumer Worker while `migrate drain` runs, or the live engine) locked the
+      // same rows in the other order: every effect is a removal, so running the batch again is safe.
+      if (attempt < MAX_CONFLICT_RETRIES && CONFLICT_CODES.has((err as { code?: string }).code ?? '')) {
+        await new Promise((resolve) => setTimeout(resolve, 20 * 2 ** attempt));
         continue;
       }
       throw err;

@@ -116,16 +116,19 @@ async function writeMark(target: Db, source: string, seq: string, xmin: string):
 export async function drainOutbox(opts: DrainOptions, stats: DrainStats): Promise<void> {
   const key = `outbox:${opts.sourceSide}`;
   let { seq: mark, xmin } = await readMark(opts.target, key);
-  const seenBelowMark: string[] = [];
+  // Rows this run has read whose transaction is not older than the latest xmin: `txid >= xmin` would
+  // read them again (xmin is cluster-wide, so any open transaction holds it back), so they are
+  // excluded by seq. A row whose txid falls below the xmin can no longer match and leaves the list.
+  const seen = new Map<string, bigint>();
   for (;;) {
-    const { rows } = await query<OutboxRow & { xmin: string }>(opts.source, READ_OUTBOX, [mark, xmin, seenBelowMark, opts.batchSize ?? 5000]);
+    const { rows } = await query<OutboxRow & { xmin: string }>(opts.source, READ_OUTBOX, [mark, xmin, [...seen.keys()], opts.batchSize ?? 5000]);
     if (!rows.length) break;
     const events = rows.map((r) => outboxEvent(opts.sourceSide, r)).filter((e): e is ReplayEvent => e !== null);
     const result = await applyReplayBatch(opts.target, opts.profile, events);
-    for (const r of rows) if (BigInt(r.seq) <= BigInt(mark)) seenBelowMark.push(r.seq);
-    const top = rows.reduce((m, r) => (BigInt(r.seq) > BigInt(m) ? r.seq : m), mark);
-    mark = top;
+    mark = rows.reduce((m, r) => (BigInt(r.seq) > BigInt(m) ? r.seq : m), mark);
     xmin = rows[0]!.xmin;
+    for (const r of rows) seen.set(r.seq, BigInt(r.txid));
+    for (const [seq, txid] of seen) if (txid < BigInt(xmin)) seen.delete(seq);
     await writeMark(opts.target, key, mark, xmin);
     stats.outboxRead += rows.length;
     stats.applied += result.applied;
