@@ -1,22 +1,27 @@
-// `npm run bench:replay -- [--events N] [--batch N] [--naive-events N] [--json]`: replay N revocation
+// `npm run bench:replay -- [--events N] [--batch N] [--jobs N] [--naive-events N] [--json]`: replay N revocation
 // events (half refresh rotations, half access removals, each hitting its own row) into a seeded
-// Hydra v1 database with applyReplayBatch (deduplicated, set-based, batches in one transaction
-// each), against the anchor in the same run: one UPDATE or DELETE per event on an identical
-// database. The anchor runs on the first --naive-events events (default 20,000). Prints one JSON line.
+// Hydra v1 database the way `migrate drain` does (replayPipelined: deduplicated, set-based, each
+// batch split over --jobs connections (default 2, as `migrate drain`), one transaction per part, the
+// next batch prepared while the server applies the current one), against
+// the anchor in the same run: one UPDATE or DELETE per event on an identical database, in one
+// transaction. The anchor runs on the first --naive-events events (default 20,000). Prints one JSON line.
 
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { startCluster } from '../src/db/embedded.ts';
 import { loadHydraV1Schema, seedHydraV1 } from '../src/fixture/seed.ts';
-import { applyReplayBatch, type ReplayEvent } from '../src/replay/semantics.ts';
+import { replayPipelined } from '../src/replay/pipeline.ts';
+import type { ReplayEvent } from '../src/replay/semantics.ts';
 
-const { values } = parseArgs({ options: { events: { type: 'string', default: '100000' }, batch: { type: 'string', default: '5000' }, 'naive-events': { type: 'string' }, json: { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: { events: { type: 'string', default: '100000' }, batch: { type: 'string', default: '5000' }, jobs: { type: 'string', default: '2' }, 'naive-events': { type: 'string' }, json: { type: 'boolean', default: false } } });
 const events = Number(values.events);
 const batch = Number(values.batch);
+const jobs = Number(values.jobs);
 // The anchor costs one round trip per event: measuring its rate on the first 20k keeps the run short.
 const naiveEvents = Math.min(events, Number(values['naive-events'] ?? 20_000));
 
-const cluster = await startCluster({ name: 'bench-replay' });
+// Autovacuum off: a background vacuum of the tables being replayed into would land in one side's timing.
+const cluster = await startCluster({ name: 'bench-replay', settings: { autovacuum: 'off' } });
 try {
   const admin = new pg.Client({ connectionString: cluster.dsn() });
   await admin.connect();
@@ -31,6 +36,12 @@ try {
     return c;
   };
   const [ours, naive] = await Promise.all([open('ours'), open('naive')]);
+  const oursConnections = [ours];
+  for (let i = 1; i < jobs; i++) {
+    const c = new pg.Client({ connectionString: cluster.dsn('ours') });
+    await c.connect();
+    oursConnections.push(c);
+  }
 
   const refresh = (await ours.query<{ s: string }>('SELECT signature AS s FROM hydra_oauth2_refresh ORDER BY signature LIMIT $1', [Math.ceil(events / 2)])).rows;
   const access = (await ours.query<{ s: string }>('SELECT signature AS s FROM hydra_oauth2_access ORDER BY signature LIMIT $1', [Math.floor(events / 2)])).rows;
@@ -49,7 +60,9 @@ try {
   await ours.query('CHECKPOINT');
   let start = performance.now();
   let applied = 0;
-  for (let i = 0; i < list.length; i += batch) applied += (await applyReplayBatch(ours, 'hydra-v1', list.slice(i, i + batch))).applied;
+  let offset = 0;
+  const nextBatch = async () => (offset < list.length ? { events: list.slice(offset, (offset += batch)), meta: null } : null);
+  await replayPipelined(oursConnections, 'hydra-v1', nextBatch, async (_, result) => void (applied += result.applied));
   const oursSeconds = (performance.now() - start) / 1000;
 
   await naive.query('CHECKPOINT');
@@ -69,9 +82,9 @@ try {
     if (a !== b) throw new Error(`replay and anchor disagree: ${a} vs ${b}`);
   }
   if (applied !== events) throw new Error(`applied ${applied} of ${events} events`);
-  await Promise.all([ours.end(), naive.end()]);
+  await Promise.all([...oursConnections, naive].map((c) => c.end()));
 
-  const out = { events, ours_per_s: Math.round(events / oursSeconds), naive_per_s: Math.round(naiveEvents / naiveSeconds), naive_events: naiveEvents, batch, ours_s: Number(oursSeconds.toFixed(2)), naive_s: Number(naiveSeconds.toFixed(2)) };
+  const out = { events, ours_per_s: Math.round(events / oursSeconds), naive_per_s: Math.round(naiveEvents / naiveSeconds), naive_events: naiveEvents, batch, jobs, ours_s: Number(oursSeconds.toFixed(2)), naive_s: Number(naiveSeconds.toFixed(2)) };
   process.stdout.write(`${JSON.stringify(out)}\n`); // the same one line with or without --json
 } finally {
   await cluster.stop();

@@ -162,7 +162,8 @@ program
   .addOption(jsonOption())
   .addOption(new Option('--into <side>', 'side to replay into (blue after a rollback replays green\'s outbox)').choices(['green', 'blue']).default('green'))
   .addOption(new Option('--profile <profile>', 'replay semantics of the target (default: config replay.profile; hydra-v1 into blue)').choices(['hydra-v1', 'hydra-v2']))
-  .option('--batch-size <n>', 'outbox events per transaction', positiveInt)
+  .option('--batch-size <n>', 'outbox events per batch', positiveInt)
+  .option('--jobs <n>', 'connections to the live side each batch is split over, by grant (default: config replay.jobs, 2)', positiveInt)
   .action((o) => run(o.json, () => drainCommand(o)));
 
 const quarantine = program.command('quarantine').description('rows cleanup moved aside (never deleted)');

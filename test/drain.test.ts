@@ -70,7 +70,9 @@ describe('drain', () => {
     expect(await liveOnGreen(first.map((g) => g.request_id))).toBeGreaterThan(0);
     const outbox = Number((await blue.query('SELECT count(*) AS n FROM bluegreen.outbox')).rows[0].n);
     expect(outbox).toBeGreaterThanOrEqual(first.length * 2);
-    const s1 = await drain({ source: blue, sourceSide: 'blue', target: green, profile: 'hydra-v2', batchSize: 7 });
+    // Split over two connections to green, as `migrate drain` does by default.
+    const green2 = await connect('green', pair.greenDsn);
+    const s1 = await drain({ source: blue, sourceSide: 'blue', target: green, moreTargets: [green2], profile: 'hydra-v2', batchSize: 7 }).finally(() => green2.end());
     expect(s1.outboxRead).toBe(outbox);
     expect(s1.batches).toBeGreaterThan(1);
     expect(await liveOnGreen(first.map((g) => g.request_id))).toBe(0);

@@ -1,8 +1,10 @@
 // Replay semantics per profile on real Postgres: v1 (consent tables) and our v2-shaped fixture
-// (flow table), idempotency on event id, and time ordering of a set-based batch.
+// (flow table), idempotency on event id, time ordering of a set-based batch, a
+// batch that loses a deadlock running again, and the pipelined stream of batches the drain uses.
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
+import { prepareParts, replayPipelined } from '../src/replay/pipeline.ts';
 import { applyReplayBatch, orderEvents, type ReplayEvent } from '../src/replay/semantics.ts';
 import { popSource } from '../src/sources/pop.ts';
 import { createDbPair, seedBlue, V2_MIGRATIONS, withClient, type DbPair } from './harness.ts';
@@ -146,6 +148,11 @@ describe('ordering', () => {
     expect(orderEvents([a, b, c, { ...a, requestId: 'copy' }]).map((e) => e.id)).toEqual(['z', 'a', 'b']);
   });
 
+  it('orders toISOString() times as text exactly as by parsed time', () => {
+    const times = [Date.UTC(2024, 0, 1, 0, 0, 9), Date.UTC(2024, 0, 1, 0, 0, 10), Date.UTC(2023, 11, 31, 23, 59, 59, 999), Date.UTC(2024, 0, 1, 0, 0, 9)];
+    const events = times.map((t, i) => ({ id: `e${3 - i}`, kind: 'token-revoke', at: new Date(t).toISOString(), requestId: `r${i}` }) as const);
+    expect(orderEvents(events).map((e) => e.id)).toEqual(['e1', 'e0', 'e3', 'e2']);
+  });
   it('gives the same result set-based and shuffled as one event at a time in time order', async () => {
     const p = await createDbPair('order');
     try {
@@ -178,4 +185,29 @@ describe('ordering', () => {
       await p.drop();
     }
   }, 60_000);
+});
+
+describe('pipelined replay', () => {
+  it('splits a batch by grant: each request on one connection, every event in exactly one part', () => {
+    const events = Array.from({ length: 200 }, (_, i) => ev({ kind: 'token-revoke', requestId: `req-${i % 50}` }));
+    const parts = prepareParts('hydra-v1', events, 3);
+    expect(parts.map((p) => p.ordered.length).reduce((a, b) => a + b, 0)).toBe(200);
+    expect(parts.every((p) => p.ordered.length > 0)).toBe(true);
+    for (let r = 0; r < 50; r++) expect(parts.filter((p) => p.ordered.some((e) => e.requestId === `req-${r}`))).toHaveLength(1);
+  });
+
+  it('applies batches in order, reports each commit, and surfaces a source error only after the batch in flight committed', async () => {
+    const grants = (await v1.query<{ request_id: string }>('SELECT request_id FROM hydra_oauth2_refresh WHERE active ORDER BY signature OFFSET 80 LIMIT 2')).rows;
+    const batches = grants.map((g, i) => ({ events: [ev({ kind: 'token-revoke', requestId: g.request_id })], meta: i }));
+    let reads = 0;
+    const next = async () => {
+      reads++;
+      if (reads > batches.length) throw new Error('source went away');
+      return batches[reads - 1]!;
+    };
+    const committed: [number, number][] = [];
+    await expect(replayPipelined([v1], 'hydra-v1', next, async (meta, result) => void committed.push([meta, result.applied]))).rejects.toThrow('source went away');
+    expect(committed).toEqual([[0, 1], [1, 1]]);
+    for (const g of grants) expect(await grantState(v1, g.request_id)).toMatchObject({ access: 0, refreshActive: 0 });
+  });
 });

@@ -8,7 +8,7 @@ import { Journal, latestRun } from '../state/journal.ts';
 import { installGreenCapture } from '../replay/capture-green.ts';
 import { drain } from '../steps/drain.ts';
 import { runCutoverPhase } from '../steps/cutover.ts';
-import { queueFromConfig } from './drain.ts';
+import { moreConnections, queueFromConfig } from './drain.ts';
 import { table, type CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
 import fs from 'node:fs';
@@ -38,8 +38,13 @@ export async function cutoverCommand(flags: CutoverFlags): Promise<CommandResult
       // After the flip: green's own revocations are captured (for a rollback), then blue's window is replayed into green.
       drain: async () => {
         await installGreenCapture(ctx.green);
-        const stats = await drain({ source: ctx.blue, sourceSide: 'blue', target: ctx.green, profile, ...(queue ? { queue } : {}), progress: ctx.progress });
-        return { replayed: stats.applied };
+        const moreTargets = await moreConnections('green', ctx.config.greenDsn, ctx.config.raw.replay.jobs - 1);
+        try {
+          const stats = await drain({ source: ctx.blue, sourceSide: 'blue', target: ctx.green, moreTargets, profile, ...(queue ? { queue } : {}), progress: ctx.progress });
+          return { replayed: stats.applied };
+        } finally {
+          await Promise.all(moreTargets.map((c) => c.end().catch(() => {})));
+        }
       },
       replayToBlue: async () => ({ replayed: (await drain({ source: ctx.green, sourceSide: 'green', target: ctx.blue, profile: 'hydra-v1', progress: ctx.progress })).applied }),
     }).finally(() => kv.dispose());

@@ -24,6 +24,20 @@ export interface DrainFlags {
   profile?: ReplayProfile;
   /** Outbox events per batch. */
   batchSize?: number;
+  /** Connections to the live side each outbox batch is split over (default: config `replay.jobs`). */
+  jobs?: number;
+}
+
+/** Opens `count` more connections to a side; closes the ones it opened if one fails. */
+export async function moreConnections(side: 'blue' | 'green', dsn: string, count: number): Promise<Db[]> {
+  const opened: Db[] = [];
+  try {
+    for (let i = 0; i < count; i++) opened.push(await connect(side, dsn, `migrate-${side}-drain-${i + 2}`));
+    return opened;
+  } catch (err) {
+    await Promise.all(opened.map((c) => c.end().catch(() => {})));
+    throw err;
+  }
 }
 
 /** The queue from config, with its secrets resolved from the environment; null when none is configured. */
@@ -72,15 +86,18 @@ export async function drainCommand(flags: DrainFlags): Promise<CommandResult> {
   const secrets = [...config.secrets, ...(queue?.secrets ?? [])];
   const source = await connect(from, from === 'blue' ? config.blueDsn : config.greenDsn);
   try {
-    const target = await connect(into, into === 'blue' ? config.blueDsn : config.greenDsn);
+    const targetDsn = into === 'blue' ? config.blueDsn : config.greenDsn;
+    const target = await connect(into, targetDsn);
+    const moreTargets: Db[] = [];
     try {
       if (!(await hasOutbox(source))) {
         throw new StateError(`no revocation outbox on ${from}`, from === 'blue' ? 'run `migrate apply` first (its capture step installs the outbox)' : 'capture on green is installed by cutover; run `migrate cutover` before draining into blue');
       }
-      const stats = await drain({ source, sourceSide: from, target, profile, queue: queue ?? undefined, ...(flags.batchSize ? { batchSize: flags.batchSize } : {}), progress: (line) => process.stderr.write(`${redactValues(line, secrets)}\n`) });
+      moreTargets.push(...(await moreConnections(into, targetDsn, (flags.jobs ?? config.raw.replay.jobs) - 1)));
+      const stats = await drain({ source, sourceSide: from, target, moreTargets, profile, queue: queue ?? undefined, ...(flags.batchSize ? { batchSize: flags.batchSize } : {}), progress: (line) => process.stderr.write(`${redactValues(line, secrets)}\n`) });
       return { exitCode: ExitCode.ok, json: { ok: true, exitCode: ExitCode.ok, into, from, profile, drain: stats }, text: text(stats, into) };
     } finally {
-      await target.end().catch(() => {});
+      await Promise.all([target, ...moreTargets].map((c) => c.end().catch(() => {})));
     }
   } finally {
     await source.end().catch(() => {});

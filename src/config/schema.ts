@@ -118,8 +118,11 @@ export const configSchema = z.strictObject({
   guardrails: guardrailsSchema.default({ maxDrainBacklog: 1000 }),
   queue: queueSchema.default({ kind: 'none' }).describe('where `migrate drain` pulls queued revocations from'),
   replay: z
-    .strictObject({ profile: z.enum(['hydra-v1', 'hydra-v2']).default('hydra-v2').describe("replay semantics of the live side's schema") })
-    .default({ profile: 'hydra-v2' }),
+    .strictObject({
+      profile: z.enum(['hydra-v1', 'hydra-v2']).default('hydra-v2').describe("replay semantics of the live side's schema"),
+      jobs: z.number().int().min(1).max(32).default(2).describe('connections the drain splits each outbox batch over (by grant)'),
+    })
+    .default({ profile: 'hydra-v2', jobs: 2 }),
 });
 
 /** The config file as written (after defaults). */

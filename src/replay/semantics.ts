@@ -113,19 +113,6 @@ const ENSURE_REPLAYED = [
 const CLAIM_ALL_SQL = `INSERT INTO ${REPLAYED_TABLE} (event_id) SELECT unnest($1::text[])`;
 const CLAIM_NEW_SQL = `INSERT INTO ${REPLAYED_TABLE} (event_id) SELECT unnest($1::text[]) ON CONFLICT (event_id) DO NOTHING RETURNING event_id`;
 
-/** Records the batch's ids as applied and returns the ones that were not applied before. */
-async function claimIds(db: SqlClient, ids: string[]): Promise<Set<string>> {
-  await db.query('SAVEPOINT claim');
-  try {
-    await db.query(CLAIM_ALL_SQL, [ids]);
-    return new Set(ids);
-  } catch (err) {
-    if ((err as { code?: string }).code !== '23505') throw err;
-    await db.query('ROLLBACK TO SAVEPOINT claim');
-    return new Set((await db.query(CLAIM_NEW_SQL, [ids])).rows.map((r: { event_id: string }) => r.event_id));
-  }
-}
-
 /** Token parameters per table: exact signatures, request ids, and signatures whose request id must be looked up. */
 interface TokenParams {
   signatures: Set<string>;
@@ -189,22 +176,27 @@ function statement(profile: ReplayProfile, key: string, build: (s: ProfileSemant
   const cacheKey = `${profile}:${key}`;
   let sql = STATEMENTS.get(cacheKey);
   if (sql === undefined) {
-    const s = PROFILE_SEMANTICS[profile];
-    if (!s) throw new Error(`unknown replay profile ${JSON.stringify(profile)}; use one of ${REPLAY_PROFILES.join(', ')}`);
-    sql = build(s);
+    sql = build(PROFILE_SEMANTICS[profile]);
     STATEMENTS.set(cacheKey, sql);
   }
   return sql;
 }
 
+/** The form toISOString() writes: such times order correctly as text. */
+const CANONICAL_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+
 /** Sorts by time, then id, and drops repeated ids (first occurrence wins). */
 export function orderEvents<T extends ReplayEvent>(events: readonly T[]): T[] {
   const seen = new Set<string>();
-  const keyed: { at: number; e: T }[] = [];
-  for (const e of events) if (!seen.has(e.id)) (seen.add(e.id), keyed.push({ at: Date.parse(e.at), e }));
-  keyed.sort((a, b) => a.at - b.at || (a.e.id < b.e.id ? -1 : a.e.id > b.e.id ? 1 : 0));
-  return keyed.map((k) => k.e);
+  const unique: T[] = [];
+  for (const e of events) if (!seen.has(e.id)) (seen.add(e.id), unique.push(e));
+  const byId = (a: T, b: T): number => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+  // Outbox rows and our own messages carry toISOString() times, which sort as text; anything else is parsed.
+  if (unique.every((e) => CANONICAL_UTC.test(e.at))) return unique.sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : byId(a, b)));
+  const time = new Map(unique.map((e) => [e, Date.parse(e.at)]));
+  return unique.sort((a, b) => time.get(a)! - time.get(b)! || byId(a, b));
 }
+
 
 /** Collects the bind parameters of a batch from the profile's declared kinds. */
 function collect(s: ProfileSemantics, events: readonly ReplayEvent[]) {
@@ -232,6 +224,50 @@ function empty(): TokenParams {
   return { signatures: new Set(), requestIds: new Set(), resolveSignatures: new Set() };
 }
 
+/** The statements (and their parameters) that apply a set of events; null where a statement has no work. */
+interface Statements {
+  consent: { sql: string; params: unknown[] } | null;
+  tokens: { sql: string; params: unknown[] } | null;
+}
+
+function statementsFor(profile: ReplayProfile, events: readonly ReplayEvent[]): Statements {
+  const { tokens, consent } = collect(PROFILE_SEMANTICS[profile], events);
+  const params = [tokens.access, tokens.refresh].flatMap((p) => [[...p.signatures], [...p.requestIds], [...p.resolveSignatures]]);
+  const has = params.map((a) => a.length > 0);
+  const shape = { access: [has[0]!, has[1]!, has[2]!] as const, refresh: [has[3]!, has[4]!, has[5]!] as const };
+  return {
+    consent: consent.challenges.length || consent.subjects.length ? { sql: statement(profile, 'consent', consentStatement), params: [consent.challenges, consent.subjects, consent.clients] } : null,
+    tokens: has.some(Boolean) ? { sql: statement(profile, `tokens:${has.map(Number).join('')}`, (sem) => tokenStatement(sem, shape)), params } : null,
+  };
+}
+
+/** A batch ready for the database: repeated ids dropped, time-ordered, statements built as if every id were new. */
+export interface PreparedBatch {
+  /** Replay semantics it was built for. */
+  profile: ReplayProfile;
+  /** Events in time order, one per id. */
+  ordered: ReplayEvent[];
+  /** Events handed in, repeats included (the difference counts as duplicates). */
+  received: number;
+  /** Statements for the usual case: no id was applied before. */
+  statements: Statements;
+}
+
+/** Does the CPU side of a batch (ordering, parameters, statements) so it can run while the server works on another. */
+export function prepareReplayBatch(profile: ReplayProfile, events: readonly ReplayEvent[]): PreparedBatch {
+  if (!PROFILE_SEMANTICS[profile]) throw new Error(`unknown replay profile ${JSON.stringify(profile)}; use one of ${REPLAY_PROFILES.join(', ')}`);
+  const ordered = orderEvents(events);
+  return { profile, ordered, received: events.length, statements: statementsFor(profile, ordered) };
+}
+
+/** What a batch did: events applied for the first time, and events that were repeats or applied before. */
+export interface ReplayResult {
+  /** Events that changed the target (first time seen). */
+  applied: number;
+  /** Repeats within the batch plus events applied by an earlier batch. */
+  duplicates: number;
+}
+
 function isMissingState(err: unknown): boolean {
   const code = (err as { code?: string }).code;
   return code === '42P01' || code === '3F000';
@@ -254,45 +290,67 @@ async function ensureReplayed(db: SqlClient): Promise<void> {
 }
 
 /**
- * Applies a batch in one transaction: dedup on event id (table on the target), then set-based
- * statements with unnest/ANY arrays (never one statement per event), ordered by time.
+ * Applies a prepared batch in one transaction: claim the event ids (dedup table on the target), then
+ * the set-based statements (unnest arrays, never one statement per event). `alongside` runs once,
+ * started right after the claim is sent, so a caller can read and prepare its next batch while the
+ * server works on this one; it must not use `db`, and its errors are not reported here.
  */
-export async function applyReplayBatch(db: SqlClient, profile: ReplayProfile, events: readonly ReplayEvent[]): Promise<{ applied: number; duplicates: number }> {
-  const ordered = orderEvents(events);
-  if (!ordered.length) return { applied: 0, duplicates: events.length };
-  for (let attempt = 0; ; attempt++) {
-    await db.query('BEGIN');
-    try {
-      const fresh = await claimIds(db, ordered.map((e) => e.id));
-      const todo = ordered.filter((e) => fresh.has(e.id));
-      const { tokens, consent } = collect(PROFILE_SEMANTICS[profile], todo);
-      if (consent.challenges.length || consent.subjects.length) await db.query(statement(profile, 'consent', consentStatement), [consent.challenges, consent.subjects, consent.clients]);
-      const params = [tokens.access, tokens.refresh].flatMap((p) => [[...p.signatures], [...p.requestIds], [...p.resolveSignatures]]);
-      if (params.some((a) => a.length)) {
-        const has = params.map((a) => a.length > 0);
-        const shape = { access: [has[0]!, has[1]!, has[2]!] as const, refresh: [has[3]!, has[4]!, has[5]!] as const };
-        // Every token key is an index probe (signature and request_id are indexed in every profile); a
-        // hash join would read a whole token table per batch, which the planner picks whenever a table
-        // looks small next to the batch, as green does right after the copy. Only this statement: the
-        // consent statement above may join on an unindexed subject column.
-        await db.query("SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)");
-        await db.query(statement(profile, `tokens:${has.map(Number).join('')}`, (s) => tokenStatement(s, shape)), params);
-      }
-      await db.query('COMMIT');
-      return { applied: todo.length, duplicates: events.length - todo.length };
-    } catch (err) {
-      await db.query('ROLLBACK').catch(() => undefined);
-      if (attempt === 0 && isMissingState(err)) {
-        await ensureReplayed(db);
-        continue;
-      }
-      // Another writer (the consumer Worker while `migrate drain` runs, or the live engine) locked the
-      // same rows in the other order: every effect is a removal, so running the batch again is safe.
-      if (attempt < MAX_CONFLICT_RETRIES && CONFLICT_CODES.has((err as { code?: string }).code ?? '')) {
-        await new Promise((resolve) => setTimeout(resolve, 20 * 2 ** attempt));
-        continue;
-      }
-      throw err;
-    }
+export async function applyPreparedBatch(db: SqlClient, batch: PreparedBatch, alongside?: () => Promise<void>): Promise<ReplayResult> {
+  if (!batch.ordered.length) {
+    await alongside?.();
+    return { applied: 0, duplicates: batch.received };
   }
+  const ids = batch.ordered.map((e) => e.id);
+  let sideWork: Promise<void> | undefined;
+  try {
+    for (let attempt = 0; ; attempt++) {
+      await db.query('BEGIN');
+      try {
+        await db.query('SAVEPOINT claim');
+        const claimAll = db.query(CLAIM_ALL_SQL, [ids]).then(() => null, (err: unknown) => err);
+        sideWork ??= alongside?.();
+        const claimError = await claimAll;
+        let todo = batch.ordered;
+        let statements = batch.statements;
+        if (claimError) {
+          if ((claimError as { code?: string }).code !== '23505') throw claimError;
+          await db.query('ROLLBACK TO SAVEPOINT claim');
+          const fresh = new Set((await db.query(CLAIM_NEW_SQL, [ids])).rows.map((r: { event_id: string }) => r.event_id));
+          todo = batch.ordered.filter((e) => fresh.has(e.id));
+          statements = statementsFor(batch.profile, todo);
+        }
+        if (statements.consent) await db.query(statements.consent.sql, statements.consent.params);
+        if (statements.tokens) {
+          // Every token key is an index probe (signature and request_id are indexed in every profile); a
+          // hash join would read a whole token table per batch, which the planner picks whenever a table
+          // looks small next to the batch, as green does right after the copy. Only this statement: the
+          // consent statement above may join on an unindexed subject column.
+          await db.query("SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)");
+          await db.query(statements.tokens.sql, statements.tokens.params);
+        }
+        await db.query('COMMIT');
+        return { applied: todo.length, duplicates: batch.received - todo.length };
+      } catch (err) {
+        await db.query('ROLLBACK').catch(() => undefined);
+        if (attempt === 0 && isMissingState(err)) {
+          await ensureReplayed(db);
+          continue;
+        }
+        // Another writer (the consumer Worker while `migrate drain` runs, or the live engine) locked the
+        // same rows in the other order: every effect is a removal, so running the batch again is safe.
+        if (attempt < MAX_CONFLICT_RETRIES && CONFLICT_CODES.has((err as { code?: string }).code ?? '')) {
+          await new Promise((resolve) => setTimeout(resolve, 20 * 2 ** attempt));
+          continue;
+        }
+        throw err;
+      }
+    }
+  } finally {
+    await sideWork?.catch(() => undefined); // its failures are the caller's to report
+  }
+}
+
+/** Applies a batch in one transaction: deduplicated on event id, ordered by time, set-based. */
+export async function applyReplayBatch(db: SqlClient, profile: ReplayProfile, events: readonly ReplayEvent[]): Promise<ReplayResult> {
+  return applyPreparedBatch(db, prepareReplayBatch(profile, events));
 }

@@ -1,12 +1,15 @@
 // Drain: replay the revocations captured during the window into the live side. Two sources, one
 // semantics: the source side's outbox (resumable by a high-water mark stored on the target) and
 // the revocation queue (pulled under leases, acked only after the batch committed). Batches go
-// through applyReplayBatch, so they are deduplicated by event id, ordered by time and set-based.
+// through the replay semantics, so they are deduplicated by event id, ordered by time and set-based;
+// outbox batches are pipelined (the next one is read while the target applies the current one) and
+// split over every connection to the target.
 
 import type { Db } from '../db/connect.ts';
 import { query } from '../db/connect.ts';
 import { verifyRevocation, type RejectReason } from '../queue-consumer/message.ts';
 import type { RevocationQueue } from '../queue/queue.ts';
+import { replayPipelined, type SourceBatch } from '../replay/pipeline.ts';
 import { applyReplayBatch, type ReplayEvent, type ReplayKind, type ReplayProfile } from '../replay/semantics.ts';
 
 /** An outbox row as the capture trigger wrote it. */
@@ -89,6 +92,8 @@ export interface DrainOptions {
   target: Db;
   /** Replay semantics of the target's schema. */
   profile: ReplayProfile;
+  /** More connections to the target: each outbox batch is split over `target` and these, by grant. */
+  moreTargets?: readonly Db[] | undefined;
   /** The revocation queue, if one is configured, with the key its messages are signed with. */
   queue?: { queue: RevocationQueue; hmacKey: string; visibilityTimeoutMs?: number } | undefined;
   /** Events per outbox batch. */
@@ -120,22 +125,25 @@ export async function drainOutbox(opts: DrainOptions, stats: DrainStats): Promis
   // read them again (xmin is cluster-wide, so any open transaction holds it back), so they are
   // excluded by seq. A row whose txid falls below the xmin can no longer match and leaves the list.
   const seen = new Map<string, bigint>();
-  for (;;) {
+  // The next batch is read from the source while the target applies the current one.
+  const readBatch = async (): Promise<SourceBatch<{ read: number; mark: string; xmin: string }> | null> => {
     const { rows } = await query<OutboxRow & { xmin: string }>(opts.source, READ_OUTBOX, [mark, xmin, [...seen.keys()], opts.batchSize ?? 5000]);
-    if (!rows.length) break;
-    const events = rows.map((r) => outboxEvent(opts.sourceSide, r)).filter((e): e is ReplayEvent => e !== null);
-    const result = await applyReplayBatch(opts.target, opts.profile, events);
+    if (!rows.length) return null;
     mark = rows.reduce((m, r) => (BigInt(r.seq) > BigInt(m) ? r.seq : m), mark);
     xmin = rows[0]!.xmin;
     for (const r of rows) seen.set(r.seq, BigInt(r.txid));
     for (const [seq, txid] of seen) if (txid < BigInt(xmin)) seen.delete(seq);
-    await writeMark(opts.target, key, mark, xmin);
-    stats.outboxRead += rows.length;
+    const events = rows.map((r) => outboxEvent(opts.sourceSide, r)).filter((e): e is ReplayEvent => e !== null);
+    return { events, meta: { read: rows.length, mark, xmin } };
+  };
+  await replayPipelined([opts.target, ...(opts.moreTargets ?? [])], opts.profile, readBatch, async (batch, result) => {
+    await writeMark(opts.target, key, batch.mark, batch.xmin);
+    stats.outboxRead += batch.read;
     stats.applied += result.applied;
     stats.duplicates += result.duplicates;
     stats.batches++;
-    opts.progress?.(`outbox: ${stats.outboxRead} events read, mark ${mark}`);
-  }
+    opts.progress?.(`outbox: ${stats.outboxRead} events read, mark ${batch.mark}`);
+  });
   stats.outboxMark = mark;
 }
 
