@@ -6,6 +6,7 @@
 // the anchor in the same run: one UPDATE or DELETE per event on an identical database, in one
 // transaction. The anchor runs on the first --naive-events events (default 20,000). Prints one JSON line.
 
+import { execFileSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { startCluster } from '../src/db/embedded.ts';
@@ -55,9 +56,14 @@ try {
     if (!r && !a) throw new Error(`the seed has too few tokens for ${events} events`);
   }
 
-  // Each side starts from clean shared buffers: without a checkpoint the side measured first pays for
-  // writing out both seeds' dirty pages.
-  await ours.query('CHECKPOINT');
+  // Each side starts from clean shared buffers and a clean OS page cache: without a checkpoint and a
+  // sync (the bench cluster runs with fsync off), the side measured first pays for writing out both
+  // seeds' dirty pages.
+  const settle = async (db: pg.Client): Promise<void> => {
+    await db.query('CHECKPOINT');
+    execFileSync('sync');
+  };
+  await settle(ours);
   let start = performance.now();
   let applied = 0;
   let offset = 0;
@@ -65,7 +71,7 @@ try {
   await replayPipelined(oursConnections, 'hydra-v1', nextBatch, async (_, result) => void (applied += result.applied));
   const oursSeconds = (performance.now() - start) / 1000;
 
-  await naive.query('CHECKPOINT');
+  await settle(naive);
   start = performance.now();
   await naive.query('BEGIN');
   for (const e of list.slice(0, naiveEvents)) {
