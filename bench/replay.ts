@@ -1,10 +1,10 @@
-// `npm run bench:replay -- [--events N] [--batch N] [--jobs N] [--naive-events N] [--json]`: replay N revocation
-// events (half refresh rotations, half access removals, each hitting its own row) into a seeded
-// Hydra v1 database the way `migrate drain` does (replayPipelined: deduplicated, set-based, each
-// batch split over --jobs connections (default 2, as `migrate drain`), one transaction per part, the
-// next batch prepared while the server applies the current one), against
-// the anchor in the same run: one UPDATE or DELETE per event on an identical database, in one
-// transaction. The anchor runs on the first --naive-events events (default 20,000). Prints one JSON line.
+// `npm run bench:replay -- [--events N] [--batch N] [--jobs N] [--naive-events N] [--json]`: replay
+// N revocation events (half refresh rotations, half access removals, each hitting its own row) into a
+// seeded Hydra v1 database the way `migrate drain` does (replayPipelined: deduplicated, set-based,
+// each batch split over --jobs connections, default 2 as in `migrate drain`, one transaction per part,
+// the next batch prepared while the server applies the current one), against the anchor in the same
+// run: one UPDATE or DELETE per event on an identical database, in one transaction. The anchor runs
+// on the first --naive-events events (default 20,000). Prints one JSON line.
 
 import { execFileSync } from 'node:child_process';
 import { parseArgs } from 'node:util';

@@ -16,7 +16,7 @@ export interface SourceBatch<M> {
 }
 
 /** The key that keeps one grant's events on one connection: request id, else signature, else the consent's key. */
-export function shardKey(e: ReplayEvent): string {
+function shardKey(e: ReplayEvent): string {
   return e.requestId ?? e.signature ?? e.challenge ?? e.subject ?? e.id;
 }
 

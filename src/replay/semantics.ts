@@ -197,7 +197,6 @@ export function orderEvents<T extends ReplayEvent>(events: readonly T[]): T[] {
   return unique.sort((a, b) => time.get(a)! - time.get(b)! || byId(a, b));
 }
 
-
 /** Collects the bind parameters of a batch from the profile's declared kinds. */
 function collect(s: ProfileSemantics, events: readonly ReplayEvent[]) {
   const tokens = { access: empty(), refresh: empty() };
