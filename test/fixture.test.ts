@@ -7,11 +7,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HYDRA_CLEANUP_RULES } from '../src/config/profiles.ts';
 import { startCluster, type LocalCluster } from '../src/db/embedded.ts';
 import { ident } from '../src/db/sql.ts';
 import {
   DIRTY_CLASSES,
-  HYDRA_CLEANUP_RULES,
   HYDRA_V2_MIGRATIONS_DIR,
   loadHydraV1Schema,
   seedHydraV1,
