@@ -37,7 +37,7 @@ describe('metrics', () => {
     expect(md).toContain('| auth | 12 | 15 |');
   });
 
-  it('apply --dry-run writes the Markdown report with steps, validation and green counters', async () => {
+  it('apply --dry-run writes the Markdown report with steps, validation, cutover guardrails and green counters', async () => {
     const dry = await createDbPair('metrics_dry');
     try {
       await seedBlue(dry, { rows: 300, seed: 9, dirty: [] });
@@ -49,9 +49,17 @@ describe('metrics', () => {
       expect(out.dryRun).toBe(true);
       expect(out.metrics.green.rowsInserted).toBeGreaterThan(300);
       expect(out.metrics.steps.map((s: { name: string }) => s.name)).toEqual(['preflight', 'capture', 'snapshot', 'cleanup', 'migrate', 'validate']);
+      // The rehearsal says whether a cutover would be let through: migrated, validated, capture on, no backlog.
+      expect(out.guardrails).toEqual([
+        expect.objectContaining({ id: 'green-validated', ok: true }),
+        expect.objectContaining({ id: 'capture-active', ok: true }),
+        expect.objectContaining({ id: 'drain-backlog', ok: true }),
+        expect.objectContaining({ id: 'no-blocking-findings', ok: true }),
+      ]);
       const text = fs.readFileSync(md, 'utf8');
       expect(text).toContain('## migrate apply --dry-run ✅');
       expect(text).toContain('Validation: **passed**');
+      expect(text).toContain('✅ `drain-backlog`: 0 outbox rows not yet replayed');
       expect(text).toMatch(/\| rows inserted \| \d+ \|/);
     } finally {
       await dry.drop();

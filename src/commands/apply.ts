@@ -8,6 +8,8 @@ import { UsageError } from '../errors.ts';
 import { progressSink } from '../report/progress.ts';
 import { applyInPlaceCommand } from './apply-in-place.ts';
 import { applyMarkdown } from '../report/apply-summary.ts';
+import { checkGuardrails, outboxBacklog } from '../cutover/guardrails.ts';
+import { Journal } from '../state/journal.ts';
 import { collectMetrics, dbStats, metricsText, recordBaseline } from '../report/metrics.ts';
 import { apply, type ProgressSink, type StepResult } from '../runner.ts';
 import type { ValidationReport } from '../steps/validate.ts';
@@ -78,6 +80,9 @@ export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
     const report = (validationStep?.detail?.validation ?? null) as ValidationReport | null;
     const validation = report ? { passed: report.passed, failures: report.failures } : null;
     const exitCode = outcome.error?.exitCode ?? 0;
+    // A rehearsal also says whether a cutover would be let through now (informational: a dry run
+    // cuts nothing over, so the verdicts do not change its exit code).
+    const guardrails = flags.dryRun && !outcome.error && outcome.runId ? await checkGuardrails(ctx.blue, new Journal(ctx.blue, outcome.runId), ctx.config, outboxBacklog(ctx.blue, ctx.green)) : null;
     const json = {
       ok: !outcome.error,
       exitCode,
@@ -87,13 +92,14 @@ export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
       quarantine,
       validation,
       metrics,
-      ...(flags.dryRun ? { dryRun: true } : {}),
+      ...(flags.dryRun ? { dryRun: true, guardrails } : {}),
       ...(outcome.error ? { error: outcome.error.toJSON() } : {}),
     };
     if (flags.reportMd) fs.writeFileSync(flags.reportMd, applyMarkdown(json, metrics, !!flags.dryRun));
     const lines = [`run ${outcome.runId}${outcome.resumed ? ' (resumed)' : ''}`, stepsTable(outcome.results), `quarantined rows: ${quarantine.rows}`];
     for (const [rule, n] of Object.entries(quarantine.byReason)) lines.push(`  ${rule}: ${n}`);
     if (validation) lines.push(`validation: ${validation.passed ? 'passed' : `FAILED\n  ${validation.failures.join('\n  ')}`}`);
+    if (guardrails) lines.push('cutover guardrails (dry run, informational):', ...guardrails.map((g) => `  ${g.ok ? 'ok ' : 'NO '} ${g.id}: ${g.detail}`));
     lines.push(metricsText(metrics));
     if (outcome.error) lines.push(`error: ${outcome.error.message}`, `hint: ${outcome.error.hint}`);
     return { exitCode, json, text: lines.join('\n') };
