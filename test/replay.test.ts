@@ -91,6 +91,24 @@ for (const profile of ['hydra-v1', 'hydra-v2'] as const) {
       expect(await one(db(), `SELECT count(*)::int AS n FROM ${consentTable} WHERE subject = $1 AND client_id <> $2 AND ${challengeCol} IS NOT NULL`, [c.subject, c.client_id])).toEqual(others);
     });
 
+    it('leaves a consent requested after the revocation alone (a late replay never deletes a new grant)', async () => {
+      const consentTable = profile === 'hydra-v1' ? 'hydra_oauth2_consent_request' : 'hydra_oauth2_flow';
+      const challengeCol = profile === 'hydra-v1' ? 'challenge' : 'consent_challenge_id';
+      const c = await one<{ subject: string; client_id: string; challenge: string }>(db(), `SELECT a.subject, a.client_id, a.challenge_id AS challenge FROM hydra_oauth2_access a
+        WHERE a.challenge_id IS NOT NULL ORDER BY a.signature OFFSET 30 LIMIT 1`);
+      // Granted anew on the live side after the revocation happened on the other side.
+      await db().query(`UPDATE ${consentTable} SET requested_at = timestamp '2030-01-01 00:00:00' WHERE ${challengeCol} = $1`, [c.challenge]);
+      const tokens = await one<{ n: number }>(db(), 'SELECT count(*)::int AS n FROM hydra_oauth2_access WHERE challenge_id = $1', [c.challenge]);
+      expect(tokens.n).toBeGreaterThan(0);
+      await applyReplayBatch(db(), profile, [ev({ kind: 'consent-revoke', subject: c.subject, client: c.client_id, at: '2029-12-31T23:59:59.000Z' })]);
+      expect(await one(db(), `SELECT count(*)::int AS n FROM ${consentTable} WHERE ${challengeCol} = $1`, [c.challenge])).toEqual({ n: 1 });
+      expect(await one(db(), 'SELECT count(*)::int AS n FROM hydra_oauth2_access WHERE challenge_id = $1', [c.challenge])).toEqual(tokens);
+      expect(await one(db(), `SELECT count(*)::int AS n FROM ${consentTable} WHERE subject = $1 AND client_id = $2 AND ${challengeCol} <> $3`, [c.subject, c.client_id, c.challenge])).toEqual({ n: 0 });
+      // A revocation after that grant does reach it.
+      await applyReplayBatch(db(), profile, [ev({ kind: 'consent-revoke', subject: c.subject, client: c.client_id, at: '2030-01-01T00:00:01.000Z' })]);
+      expect(await one(db(), `SELECT count(*)::int AS n FROM ${consentTable} WHERE ${challengeCol} = $1`, [c.challenge])).toEqual({ n: 0 });
+    });
+
     it('applies outbox-shaped events exactly: one access row by signature, one consent by challenge', async () => {
       const g = await liveGrant(db(), 3);
       const before = await grantState(db(), g.request_id);

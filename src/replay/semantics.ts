@@ -67,8 +67,12 @@ export interface ProfileSemantics {
   tokens: { access: TokenTableSemantics; refresh: TokenTableSemantics };
   /** Token-level kinds and what they reach. */
   kinds: { 'token-revoke': TokenKindSemantics; 'refresh-rotate': TokenKindSemantics; 'access-remove': TokenKindSemantics };
-  /** Consent revocation deletes these rows; the schema's foreign keys cascade to their tokens. */
-  consent: { table: string; challengeColumn: string; subjectColumn: string; clientColumn: string };
+  /**
+   * Consent revocation deletes these rows; the schema's foreign keys cascade to their tokens. A
+   * revocation by subject reaches only consents requested at or before its time (`requestedAtColumn`,
+   * a UTC `timestamp` as Hydra writes it), so a late replay never deletes a consent granted anew.
+   */
+  consent: { table: string; challengeColumn: string; subjectColumn: string; clientColumn: string; requestedAtColumn: string };
 }
 
 const HYDRA_TOKENS: ProfileSemantics['tokens'] = {
@@ -88,13 +92,13 @@ export const PROFILE_SEMANTICS: Readonly<Record<ReplayProfile, ProfileSemantics>
     tokens: HYDRA_TOKENS,
     kinds: HYDRA_KINDS,
     // Deleting the consent request cascades to its handled row and from there to the tokens.
-    consent: { table: 'hydra_oauth2_consent_request', challengeColumn: 'challenge', subjectColumn: 'subject', clientColumn: 'client_id' },
+    consent: { table: 'hydra_oauth2_consent_request', challengeColumn: 'challenge', subjectColumn: 'subject', clientColumn: 'client_id', requestedAtColumn: 'requested_at' },
   },
   'hydra-v2': {
     tokens: HYDRA_TOKENS,
     kinds: HYDRA_KINDS,
     // v2 merged consent into the flow table; tokens' challenge_id references consent_challenge_id ON DELETE CASCADE.
-    consent: { table: 'hydra_oauth2_flow', challengeColumn: 'consent_challenge_id', subjectColumn: 'subject', clientColumn: 'client_id' },
+    consent: { table: 'hydra_oauth2_flow', challengeColumn: 'consent_challenge_id', subjectColumn: 'subject', clientColumn: 'client_id', requestedAtColumn: 'requested_at' },
   },
 };
 
@@ -157,14 +161,19 @@ function tokenStatement(s: ProfileSemantics, shape: { access: TokenShape; refres
   return `WITH ${ctes.join(',\n')}\nSELECT ${counts.join(', ')}, ${typed} AS params`;
 }
 
-/** The statement that deletes every consent a batch revokes (by exact challenge, or by subject and optional client). */
+/**
+ * The statement that deletes every consent a batch revokes: by exact challenge (an outbox row names
+ * the very consent), or by subject and optional client, limited to consents requested at or before
+ * the revocation (a challenge is never reused, so the exact form needs no time bound).
+ */
 function consentStatement(s: ProfileSemantics): string {
   const c = s.consent;
   const key = ident(c.challengeColumn);
   return `DELETE FROM ${ident(c.table)} c USING (
       SELECT x.${key} AS k FROM ${ident(c.table)} x JOIN unnest($1::text[]) AS u(v) ON x.${key} = u.v
-      UNION SELECT x.${key} FROM ${ident(c.table)} x JOIN unnest($2::text[], $3::text[]) AS s(subject, client)
+      UNION SELECT x.${key} FROM ${ident(c.table)} x JOIN unnest($2::text[], $3::text[], $4::timestamptz[]) AS s(subject, client, revoked_at)
         ON x.${ident(c.subjectColumn)} = s.subject AND (s.client IS NULL OR x.${ident(c.clientColumn)} = s.client)
+       AND x.${ident(c.requestedAtColumn)} <= (s.revoked_at AT TIME ZONE 'UTC')
       WHERE x.${key} IS NOT NULL) m
    WHERE c.${key} = m.k`;
 }
@@ -200,11 +209,11 @@ export function orderEvents<T extends ReplayEvent>(events: readonly T[]): T[] {
 /** Collects the bind parameters of a batch from the profile's declared kinds. */
 function collect(s: ProfileSemantics, events: readonly ReplayEvent[]) {
   const tokens = { access: empty(), refresh: empty() };
-  const consent = { challenges: [] as string[], subjects: [] as string[], clients: [] as (string | null)[] };
+  const consent = { challenges: [] as string[], subjects: [] as string[], clients: [] as (string | null)[], revokedAt: [] as string[] };
   for (const e of events) {
     if (e.kind === 'consent-revoke') {
       if (e.challenge) consent.challenges.push(e.challenge);
-      else if (e.subject) (consent.subjects.push(e.subject), consent.clients.push(e.client ?? null));
+      else if (e.subject) (consent.subjects.push(e.subject), consent.clients.push(e.client ?? null), consent.revokedAt.push(e.at));
       continue;
     }
     const k = s.kinds[e.kind];
@@ -235,7 +244,7 @@ function statementsFor(profile: ReplayProfile, events: readonly ReplayEvent[]): 
   const has = params.map((a) => a.length > 0);
   const shape = { access: [has[0]!, has[1]!, has[2]!] as const, refresh: [has[3]!, has[4]!, has[5]!] as const };
   return {
-    consent: consent.challenges.length || consent.subjects.length ? { sql: statement(profile, 'consent', consentStatement), params: [consent.challenges, consent.subjects, consent.clients] } : null,
+    consent: consent.challenges.length || consent.subjects.length ? { sql: statement(profile, 'consent', consentStatement), params: [consent.challenges, consent.subjects, consent.clients, consent.revokedAt] } : null,
     tokens: has.some(Boolean) ? { sql: statement(profile, `tokens:${has.map(Number).join('')}`, (sem) => tokenStatement(sem, shape)), params } : null,
   };
 }
