@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signRevocation } from '../src/queue-consumer/message.ts';
 import { startEdge, type LocalEdge } from '../src/queue-consumer/local.ts';
 import { installGreenCapture } from '../src/replay/capture-green.ts';
+import { driveTraffic, interleave, type DriveOptions, type TrafficCursor, type TrafficOp } from '../src/demo/traffic.ts';
 import { rawTokenFor, startStandin, type Standin } from '../src/standin/server.ts';
 import { createDbPair, runCli, seedBlue, withClient, writeConfig, type DbPair } from './harness.ts';
 
@@ -21,41 +22,11 @@ const OPS = { revoke: TOTAL / 2, rotate: (TOTAL * 2) / 5, consent: TOTAL / 10 } 
 const CONCURRENCY = 16;
 
 interface Grant { access: string; refresh: string; subject: string; client_id: string }
-type Op = { kind: 'revoke'; token: string } | { kind: 'rotate'; token: string } | { kind: 'consent'; subject: string; client: string };
 
 let pair: DbPair;
 let edge: LocalEdge | undefined;
 let blueStandin: Standin | undefined;
 let greenStandin: Standin | undefined;
-
-/** A cursor over the ops, shared by the phases of the run. */
-interface Traffic { ops: readonly Op[]; next: number; ok: number }
-
-/** Sends ops through the router, `CONCURRENCY` at a time, until `limit` ops were sent or `stop()` says so; a 503 (message not recorded) is retried, as a client would. */
-async function drive(base: string, t: Traffic, limit: number, stop: () => boolean = () => false): Promise<void> {
-  const one = async (op: Op): Promise<boolean> => {
-    for (let attempt = 0; attempt < 5; attempt++) {
-      // A keep-alive socket the server closed in the meantime fails the request: retry, as a client would.
-      const res = await send(op).catch(() => null);
-      if (res === null) continue;
-      await res.arrayBuffer();
-      if (res.status !== 503) return res.ok;
-    }
-    return false;
-  };
-  const send = (op: Op): Promise<Response> =>
-    op.kind === 'consent'
-      ? fetch(`${base}/oauth2/auth/sessions/consent?subject=${encodeURIComponent(op.subject)}&client=${encodeURIComponent(op.client)}`, { method: 'DELETE' })
-      : fetch(`${base}/oauth2/${op.kind === 'revoke' ? 'revoke' : 'token'}`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/x-www-form-urlencoded' },
-          body: new URLSearchParams(op.kind === 'revoke' ? { token: op.token } : { grant_type: 'refresh_token', refresh_token: op.token }),
-        });
-  const end = Math.min(limit, t.ops.length);
-  await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
-    while (t.next < end && !stop()) if (await one(t.ops[t.next++]!)) t.ok++;
-  }));
-}
 
 async function introspectAll(base: string, tokens: readonly string[]): Promise<string[]> {
   const stillActive: string[] = [];
@@ -101,11 +72,11 @@ describe('chaos', () => {
     const rotated = free.slice(OPS.revoke, OPS.revoke + OPS.rotate);
     const untouched = free.slice(OPS.revoke + OPS.rotate, OPS.revoke + OPS.rotate + 100);
     expect(untouched.length).toBe(100);
-    const ops: Op[] = [
-      ...revoked.map((g, i): Op => ({ kind: 'revoke', token: rawTokenFor(i % 2 ? g.access : g.refresh) })),
-      ...rotated.map((g): Op => ({ kind: 'rotate', token: rawTokenFor(g.refresh) })),
-      ...consentKeys.map((k): Op => { const [subject, client] = k.split('\u0000') as [string, string]; return { kind: 'consent', subject, client }; }),
-    ].sort((a, b) => (JSON.stringify(a) < JSON.stringify(b) ? -1 : 1)); // interleave the kinds
+    const ops = interleave<TrafficOp>([
+      ...revoked.map((g, i): TrafficOp => { const signature = i % 2 ? g.access : g.refresh; return { kind: 'revoke', token: rawTokenFor(signature), signature }; }),
+      ...rotated.map((g): TrafficOp => ({ kind: 'rotate', token: rawTokenFor(g.refresh), signature: g.refresh })),
+      ...consentKeys.map((k): TrafficOp => { const [subject, client] = k.split('\u0000') as [string, string]; return { kind: 'consent', subject, client }; }),
+    ]);
     expect(ops.length).toBe(TOTAL);
 
     // Forged (right shape, wrong key) against untouched grants, malformed junk, and valid messages sent twice.
@@ -117,12 +88,14 @@ describe('chaos', () => {
     // Tables the traffic writes during the window differ between blue and green by design; the
     // drain, not validate, reconciles them.
     const cfg = writeConfig(pair, { validate: { skipTables: ['public.hydra_oauth2_access', 'public.hydra_oauth2_refresh', 'public.hydra_oauth2_consent_request', 'public.hydra_oauth2_consent_request_handled'] } });
-    const traffic: Traffic = { ops, next: 0, ok: 0 };
+    const traffic: TrafficCursor = { next: 0, ok: 0 };
+    const plan = { ops };
+    const drive = (opts: DriveOptions) => driveTraffic(edge!.url, plan, traffic, { concurrency: CONCURRENCY, ...opts });
     await edge!.pauseConsumer(); // the window: nothing reaches green while it is being built
     let applyDone = false;
     const apply = runCli(['apply', '--config', cfg.file, '--json'], cfg.env).finally(() => { applyDone = true; });
     // During apply (capped: a paused local consumer re-parks every queued message each second).
-    const phaseA = drive(edge!.url, traffic, Math.floor(TOTAL * 0.3), () => applyDone);
+    const phaseA = drive({ limit: Math.floor(TOTAL * 0.3), stop: () => applyDone });
     await edge!.enqueue([...forged, ...malformed, ...twice, ...twice]);
     const [applied] = await Promise.all([apply, phaseA]);
     expect(applied.code, applied.stdout.slice(-3000)).toBe(0);
@@ -131,9 +104,9 @@ describe('chaos', () => {
 
     // Mid-stream: delivery resumes into the migrated green, stops, and resumes again after the flip.
     await edge!.resumeConsumer();
-    await drive(edge!.url, traffic, duringApply + Math.floor((TOTAL - duringApply) / 2));
+    await drive({ limit: duringApply + Math.floor((TOTAL - duringApply) / 2) });
     await edge!.pauseConsumer();
-    await drive(edge!.url, traffic, TOTAL);
+    await drive({});
     expect(traffic.ok).toBe(TOTAL);
     mark('traffic done');
 

@@ -168,7 +168,7 @@ export async function demoCommand(flags: DemoFlags): Promise<CommandResult> {
       applyCommand({ config, json: flags.json, ...(flags.sink ? { sink: flags.sink } : {}) }).finally(() => {
         applyDone = true;
       }),
-      driveTraffic(edge.url, plan, cursor, () => applyDone && cursor.next > plan.ops.length / 2),
+      driveTraffic(edge.url, plan, cursor, { stop: () => applyDone && cursor.next > plan.ops.length / 2 }),
     ]);
     await driveTraffic(edge.url, plan, cursor);
     const base = { ...applied.json, demo: { rows: flags.rows, seed: flags.seed, dirtyRowsSeeded: seeded.dirty.length, tokens: seeded.tokens, fault: flags.fault ?? null } };

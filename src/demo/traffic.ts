@@ -2,6 +2,7 @@
 // revokes) sent through the edge router to the engine on blue while `apply` runs, so the demo can
 // count what was captured, replayed, lost and resurrected.
 
+import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import { rawTokenFor } from '../standin/server.ts';
 
@@ -47,9 +48,13 @@ export async function planTraffic(blue: pg.Client, count: number): Promise<Traff
     ops.push({ kind: 'consent', subject, client });
     for (const g of bySubjectClient.get(key) ?? []) mustBeInactive.push(g.access, g.refresh);
   }
-  // Interleave the kinds deterministically, as real traffic would.
-  ops.sort((a, b) => (JSON.stringify(a) < JSON.stringify(b) ? -1 : 1));
-  return { ops, mustBeInactive };
+  return { ops: interleave(ops), mustBeInactive };
+}
+
+/** Shuffles ops deterministically (by a hash of each op), so the kinds mix as real traffic does. */
+export function interleave<T extends TrafficOp>(ops: readonly T[]): T[] {
+  const key = (op: T): string => createHash('sha256').update(JSON.stringify(op)).digest('hex');
+  return ops.map((op) => ({ op, k: key(op) })).sort((a, b) => (a.k < b.k ? -1 : a.k > b.k ? 1 : 0)).map((x) => x.op);
 }
 
 function request(base: string, op: TrafficOp): Promise<Response> {
@@ -68,8 +73,20 @@ export interface TrafficCursor {
   ok: number;
 }
 
-/** Sends ops through the router with `concurrency` clients until all are sent or `stop()` says so; a 503 (message not recorded) is retried, as a client would. */
-export async function driveTraffic(base: string, plan: TrafficPlan, cursor: TrafficCursor, stop: () => boolean = () => false, concurrency = 8): Promise<void> {
+/** How {@link driveTraffic} paces a phase of traffic. */
+export interface DriveOptions {
+  /** Ends the phase early when it returns true (checked before each op). */
+  stop?: () => boolean;
+  /** Clients sending at once (default 8). */
+  concurrency?: number;
+  /** Send ops only up to this index (default: every op). */
+  limit?: number;
+}
+
+/** Sends ops through the router until `limit` ops were sent or `stop()` says so; a 503 (message not recorded) or a dropped connection is retried, as a client would. */
+export async function driveTraffic(base: string, plan: Pick<TrafficPlan, 'ops'>, cursor: TrafficCursor, opts: DriveOptions = {}): Promise<void> {
+  const stop = opts.stop ?? (() => false);
+  const end = Math.min(opts.limit ?? plan.ops.length, plan.ops.length);
   const sendOne = async (op: TrafficOp): Promise<boolean> => {
     for (let attempt = 0; attempt < 5; attempt++) {
       const res = await request(base, op).catch(() => null);
@@ -80,8 +97,8 @@ export async function driveTraffic(base: string, plan: TrafficPlan, cursor: Traf
     return false;
   };
   await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (cursor.next < plan.ops.length && !stop()) if (await sendOne(plan.ops[cursor.next++]!)) cursor.ok++;
+    Array.from({ length: opts.concurrency ?? 8 }, async () => {
+      while (cursor.next < end && !stop()) if (await sendOne(plan.ops[cursor.next++]!)) cursor.ok++;
     }),
   );
 }
