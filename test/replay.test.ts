@@ -158,6 +158,22 @@ describe('conflicts', () => {
   });
 });
 
+describe('first use', () => {
+  it('lets several connections create the dedup table at the same moment', async () => {
+    const conns = await Promise.all(Array.from({ length: 4 }, () => connect('blue', pair.blueDsn)));
+    try {
+      const grants = (await v1.query<{ request_id: string }>('SELECT request_id FROM hydra_oauth2_refresh ORDER BY signature OFFSET 120 LIMIT 240')).rows;
+      for (let round = 0; round < 60; round++) {
+        await v1.query('DROP SCHEMA IF EXISTS bluegreen_green CASCADE');
+        const results = await Promise.all(conns.map((c, i) => applyReplayBatch(c, 'hydra-v1', [ev({ kind: 'token-revoke', requestId: grants[round * 4 + i]!.request_id })])));
+        expect(results).toEqual(conns.map(() => ({ applied: 1, duplicates: 0 })));
+      }
+    } finally {
+      await Promise.all(conns.map((c) => c.end()));
+    }
+  });
+});
+
 describe('ordering', () => {
   it('sorts a batch by time, then id, and keeps the first copy of a repeated id', () => {
     const a = { id: 'b', kind: 'token-revoke', at: '2024-01-01T00:00:02Z', requestId: 'r1' } as const;

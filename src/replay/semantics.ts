@@ -285,14 +285,19 @@ function isMissingState(err: unknown): boolean {
 const CONFLICT_CODES = new Set(['40P01', '40001']);
 const MAX_CONFLICT_RETRIES = 5;
 
+/** Errors of a CREATE ... IF NOT EXISTS that lost a race to an identical create. */
+const CREATED_CONCURRENTLY = new Set(['23505', '42710', '42P06', '42P07']);
+
 async function ensureReplayed(db: SqlClient): Promise<void> {
   for (const sql of ENSURE_REPLAYED) {
     try {
       await db.query(sql);
     } catch (err) {
-      // Another writer created it at the same moment: that is what we wanted.
-      const code = (err as { code?: string }).code;
-      if (code !== '23505' && code !== '42P06' && code !== '42P07') throw err;
+      // Another writer (the consumer, another drain connection) created it at the same moment: that
+      // is what we wanted. IF NOT EXISTS does not cover a concurrent create, which fails on the
+      // catalog's unique index (23505) or on the row type the table gets (42710) instead.
+      const code = (err as { code?: string }).code ?? '';
+      if (!CREATED_CONCURRENTLY.has(code)) throw err;
     }
   }
 }
