@@ -288,16 +288,16 @@ const MAX_CONFLICT_RETRIES = 5;
 /** Errors of a CREATE ... IF NOT EXISTS that lost a race to an identical create. */
 const CREATED_CONCURRENTLY = new Set(['23505', '42710', '42P06', '42P07']);
 
-async function ensureReplayed(db: SqlClient): Promise<void> {
-  for (const sql of ENSURE_REPLAYED) {
+/** Runs CREATE ... IF NOT EXISTS statements in order, tolerating a concurrent identical create by another session. */
+export async function createIfMissing(db: SqlClient, statements: readonly string[]): Promise<void> {
+  for (const sql of statements) {
     try {
       await db.query(sql);
     } catch (err) {
       // Another writer (the consumer, another drain connection) created it at the same moment: that
       // is what we wanted. IF NOT EXISTS does not cover a concurrent create, which fails on the
       // catalog's unique index (23505) or on the row type the table gets (42710) instead.
-      const code = (err as { code?: string }).code ?? '';
-      if (!CREATED_CONCURRENTLY.has(code)) throw err;
+      if (!CREATED_CONCURRENTLY.has((err as { code?: string }).code ?? '')) throw err;
     }
   }
 }
@@ -346,7 +346,7 @@ export async function applyPreparedBatch(db: SqlClient, batch: PreparedBatch, al
       } catch (err) {
         await db.query('ROLLBACK').catch(() => undefined);
         if (attempt === 0 && isMissingState(err)) {
-          await ensureReplayed(db);
+          await createIfMissing(db, ENSURE_REPLAYED);
           continue;
         }
         // Another writer (the consumer Worker while `migrate drain` runs, or the live engine) locked the

@@ -6,11 +6,11 @@
 // split over every connection to the target.
 
 import type { Db } from '../db/connect.ts';
-import { query } from '../db/connect.ts';
+import { query, toPostgresError } from '../db/connect.ts';
 import { verifyRevocation, type RejectReason } from '../queue-consumer/message.ts';
 import type { RevocationQueue } from '../queue/queue.ts';
 import { replayPipelined, type SourceBatch } from '../replay/pipeline.ts';
-import { applyReplayBatch, type ReplayEvent, type ReplayKind, type ReplayProfile } from '../replay/semantics.ts';
+import { applyReplayBatch, createIfMissing, type ReplayEvent, type ReplayKind, type ReplayProfile } from '../replay/semantics.ts';
 
 /** An outbox row as the capture trigger wrote it. */
 export interface OutboxRow {
@@ -103,7 +103,10 @@ export interface DrainOptions {
 }
 
 async function readMark(target: Db, source: string): Promise<{ seq: string; xmin: string }> {
-  for (const ddl of MARK_DDL) await query(target, ddl);
+  // The consumer Worker (or another drain) may be creating bluegreen_green at this very moment.
+  await createIfMissing(target, MARK_DDL).catch((err: unknown) => {
+    throw toPostgresError(err);
+  });
   const { rows } = await query<{ seq: string; snapshot_xmin: string }>(target, 'SELECT seq::text, snapshot_xmin::text FROM bluegreen_green.drain_mark WHERE source = $1', [source]);
   return { seq: rows[0]?.seq ?? '0', xmin: rows[0]?.snapshot_xmin ?? '9223372036854775807' };
 }
