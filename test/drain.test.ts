@@ -6,14 +6,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { connect } from '../src/db/connect.ts';
 import { profileDefaults } from '../src/config/profiles.ts';
-import { loadHydraV1Schema, seedHydraV1 } from '../src/fixture/seed.ts';
 import { signRevocation } from '../src/queue-consumer/message.ts';
 import { LocalQueue } from '../src/queue/local.ts';
 import { serveLocalQueueApi } from '../src/queue/local-http.ts';
 import { installGreenCapture } from '../src/replay/capture-green.ts';
-import { popSource } from '../src/sources/pop.ts';
 import { drain } from '../src/steps/drain.ts';
-import { createDbPair, runCli, seedBlue, V2_MIGRATIONS, writeConfig, type DbPair } from './harness.ts';
+import { createDbPair, runCli, seedBlue, seedUpgradedToV2, writeConfig, type DbPair } from './harness.ts';
 
 const KEY = 'drain-test-hmac-key';
 let pair: DbPair;
@@ -42,10 +40,7 @@ beforeAll(async () => {
   blue = await connect('blue', pair.blueDsn);
   await installGreenCapture(blue, profileDefaults('hydra').captureTables); // the capture step's triggers, v1 tables
   green = await connect('green', pair.greenDsn);
-  await loadHydraV1Schema(green);
-  await seedHydraV1(green, { rows: 600, seed: 3, dirty: [] }); // the snapshot: same data
-  const source = popSource(V2_MIGRATIONS);
-  for (const m of await source.pending(green)) await source.apply(green, m);
+  await seedUpgradedToV2(green, { rows: 600, seed: 3, dirty: [] }); // the snapshot (same data), migrated
 }, 60_000);
 
 afterAll(async () => {

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { inject } from 'vitest';
 import { loadHydraV1Schema, seedHydraV1, type SeedOptions, type SeedResult } from '../src/fixture/seed.ts';
+import { popSource } from '../src/sources/pop.ts';
 
 /** Repository root. */
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -79,6 +80,14 @@ export async function seedBlue(pair: DbPair, opts: SeedOptions): Promise<SeedRes
     await loadHydraV1Schema(c);
     return seedHydraV1(c, opts);
   });
+}
+
+/** Seeds `db` exactly as {@link seedBlue} would and upgrades it to the v2 shape with the fixture's migrations: green as the window leaves it. */
+export async function seedUpgradedToV2(db: pg.Client, opts: SeedOptions): Promise<void> {
+  await loadHydraV1Schema(db);
+  await seedHydraV1(db, opts);
+  const source = popSource(V2_MIGRATIONS);
+  for (const m of await source.pending(db)) await source.apply(db, m);
 }
 
 /** Writes a config file for the pair (DSNs through env vars) and returns its path and env. */

@@ -6,8 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { prepareParts, replayPipelined } from '../src/replay/pipeline.ts';
 import { applyReplayBatch, orderEvents, type ReplayEvent } from '../src/replay/semantics.ts';
-import { popSource } from '../src/sources/pop.ts';
-import { createDbPair, seedBlue, V2_MIGRATIONS, withClient, type DbPair } from './harness.ts';
+import { createDbPair, seedBlue, seedUpgradedToV2, withClient, type DbPair } from './harness.ts';
 import { connect } from '../src/db/connect.ts';
 import { loadHydraV1Schema, seedHydraV1 } from '../src/fixture/seed.ts';
 
@@ -39,10 +38,7 @@ beforeAll(async () => {
   v1 = await connect('blue', pair.blueDsn);
   // Green: the same seed, upgraded in place to the v2 shape by the fixture's own migrations.
   v2 = await connect('green', pair.greenDsn);
-  await loadHydraV1Schema(v2);
-  await seedHydraV1(v2, { rows: 400, seed: 7, dirty: [] });
-  const source = popSource(V2_MIGRATIONS);
-  for (const m of await source.pending(v2)) await source.apply(v2, m);
+  await seedUpgradedToV2(v2, { rows: 400, seed: 7, dirty: [] });
 }, 60_000);
 
 afterAll(async () => {

@@ -2,13 +2,14 @@
 // then validation and watch; exit 8 when it had to roll back. Also prints the metrics report.
 
 import { kvFromEnv } from '../cutover/kv-env.ts';
+import { moreConnections } from '../db/connect.ts';
 import { StateError } from '../errors.ts';
 import { collectMetrics, metricsMarkdown, metricsText } from '../report/metrics.ts';
 import { Journal, latestRun } from '../state/journal.ts';
 import { installGreenCapture } from '../replay/capture-green.ts';
 import { drain } from '../steps/drain.ts';
 import { runCutoverPhase } from '../steps/cutover.ts';
-import { moreConnections, queueFromConfig } from './drain.ts';
+import { queueFromConfig } from './drain.ts';
 import { table, type CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
 import fs from 'node:fs';

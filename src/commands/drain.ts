@@ -3,7 +3,7 @@
 // high-water mark and replay is deduplicated by event id.
 
 import { loadConfig, type ResolvedConfig } from '../config/load.ts';
-import { connect, type Db } from '../db/connect.ts';
+import { connect, moreConnections, type Db } from '../db/connect.ts';
 import { redactValues } from '../db/redact.ts';
 import { ConfigError, ExitCode, StateError } from '../errors.ts';
 import { HttpQueue } from '../queue/http.ts';
@@ -26,18 +26,6 @@ export interface DrainFlags {
   batchSize?: number;
   /** Connections to the live side each outbox batch is split over (default: config `replay.jobs`). */
   jobs?: number;
-}
-
-/** Opens `count` more connections to a side; closes the ones it opened if one fails. */
-export async function moreConnections(side: 'blue' | 'green', dsn: string, count: number): Promise<Db[]> {
-  const opened: Db[] = [];
-  try {
-    for (let i = 0; i < count; i++) opened.push(await connect(side, dsn, `migrate-${side}-drain-${i + 2}`));
-    return opened;
-  } catch (err) {
-    await Promise.all(opened.map((c) => c.end().catch(() => {})));
-    throw err;
-  }
 }
 
 /** The queue from config, with its secrets resolved from the environment; null when none is configured. */

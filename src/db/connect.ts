@@ -42,6 +42,18 @@ function connectionFailure(side: Side, dsn: string, err: unknown): OperatorError
   return new ConnectionError(side, `cannot reach ${side} at ${where} (${reason})`, `check that ${side} is up and that ${side}.dsn points at it (host, port, firewall)`, err);
 }
 
+/** Opens `count` more connections to a side; closes the ones it opened if one fails. */
+export async function moreConnections(side: Side, dsn: string, count: number): Promise<Db[]> {
+  const opened: Db[] = [];
+  try {
+    for (let i = 0; i < count; i++) opened.push(await connect(side, dsn, `migrate-${side}-${i + 2}`));
+    return opened;
+  } catch (err) {
+    await Promise.all(opened.map((c) => c.end().catch(() => {})));
+    throw err;
+  }
+}
+
 /** Runs `fn` with a fresh connection and always closes it. */
 export async function withDb<T>(side: Side, dsn: string, fn: (db: Db) => Promise<T>): Promise<T> {
   const db = await connect(side, dsn);
