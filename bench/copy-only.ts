@@ -6,7 +6,8 @@
 import { loadConfig } from '../src/config/load.ts';
 import { runOptions } from '../src/commands/session.ts';
 import { plainSink } from '../src/report/progress.ts';
-import { apply, asOperatorError, openSession } from '../src/runner.ts';
+import { asOperatorError } from '../src/errors.ts';
+import { apply, openSession } from '../src/runner.ts';
 import { capture } from '../src/steps/capture.ts';
 import { preflight } from '../src/steps/preflight.ts';
 import { snapshot } from '../src/steps/snapshot.ts';

@@ -1,9 +1,10 @@
 // The `migrate` CLI: parses arguments and hands off to one command function each. Prints exactly
 // one report (text, or one JSON document with --json) and exits with the documented code.
 
+import fs from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { applyCommand } from '../src/commands/apply.ts';
-import { DEMO_FAULTS, demoCommand } from '../src/commands/demo.ts';
+import { DEMO_FAULTS, launchDemo } from '../src/commands/demo-launcher.ts';
 import { doctorCommand } from '../src/commands/doctor.ts';
 import { lintCommand } from '../src/commands/lint.ts';
 import { planCommand } from '../src/commands/plan.ts';
@@ -16,14 +17,14 @@ import { validateCommand } from '../src/commands/validate.ts';
 import { drainCommand } from '../src/commands/drain.ts';
 import { configJsonSchema } from '../src/config/schema.ts';
 import { redact } from '../src/db/redact.ts';
-import { ExitCode } from '../src/errors.ts';
-import { asOperatorError } from '../src/runner.ts';
+import { asOperatorError, ExitCode } from '../src/errors.ts';
 
 const EXIT_CODES_HELP = `
 Exit codes:
   0 ok            1 usage          2 config         3 state (lock, journal, preflight)
   4 Postgres      5 findings / validation failed    6 source (blue, pg_dump, migrations)
   7 target (green)                 8 cutover rolled back
+  70 internal: a bug in migrate (report it)
 Runbooks: runbooks/exit-codes.md`;
 
 function positiveInt(value: string): number {
@@ -40,29 +41,46 @@ function anyInt(value: string): number {
 
 let jsonMode = false;
 
-function print(result: CommandResult): never {
+/**
+ * Writes the report and exits once both streams have handed everything to the OS. `process.exit()`
+ * right after `write()` drops what a pipe has not taken yet (output was cut at 64 KiB through `| jq`).
+ */
+function finish(stream: NodeJS.WriteStream, text: string, exitCode: number): Promise<never> {
+  // A reader that went away (`| head`) is not a failure of the command: EPIPE ends the wait, the code stays.
+  const drained = (s: NodeJS.WriteStream, chunk: string): Promise<void> =>
+    new Promise((resolve) => {
+      s.once('error', () => resolve());
+      s.write(chunk, () => resolve());
+    });
+  const other = stream === process.stdout ? process.stderr : process.stdout;
+  return Promise.all([drained(stream, text), drained(other, '')]).then(() => process.exit(exitCode));
+}
+
+function print(result: CommandResult): Promise<never> {
   // A failed command's report goes to stderr, so scripts reading stdout never mistake it for output.
-  if (jsonMode) process.stdout.write(`${JSON.stringify(result.json)}\n`);
-  else (result.exitCode === 0 ? process.stdout : process.stderr).write(`${redact(result.text)}\n`);
-  process.exit(result.exitCode);
+  if (jsonMode) return finish(process.stdout, `${redact(JSON.stringify(result.json))}\n`, result.exitCode);
+  return finish(result.exitCode === 0 ? process.stdout : process.stderr, `${redact(result.text)}\n`, result.exitCode);
 }
 
 async function run(json: boolean | undefined, fn: () => Promise<CommandResult>): Promise<never> {
   jsonMode = !!json;
+  let result: CommandResult;
   try {
-    return print(await fn());
+    result = await fn();
   } catch (err) {
     const e = asOperatorError(err);
-    if (!jsonMode) process.stderr.write(`${redact(errorResult(e).text)}\n`);
-    else process.stdout.write(`${JSON.stringify(errorResult(e).json)}\n`);
-    process.exit(e.exitCode);
+    result = errorResult(e);
   }
+  return print(result);
 }
 
 const configOption = (): Option => new Option('-c, --config <file>', 'config file (JSON; see README "Config")').default('migrate.config.json');
 const jsonOption = (): Option => new Option('--json', 'print one JSON document on stdout (progress goes to stderr)');
 
+const { version } = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+
 const program = new Command('migrate')
+  .version(version, '-V, --version', 'print the version of migrate')
   .description('Blue-green major upgrades of a live Postgres-backed OAuth engine (Hydra-shaped), without losing a revocation.')
   .showHelpAfterError('(run with --help for usage)')
   .addHelpText('after', `
@@ -93,6 +111,7 @@ program
   .option('--in-place', 'plan an in-place run on blue: the lock-safe rewrites and the constraint pre-flight')
   .option('--no-rewrite', 'with --in-place: show the statements as written')
   .option('--queries <file>', "the application's queries, checked for SELECT * on tables the migrations change")
+  .option('--allow-no-migrations', 'accept a migrations folder with nothing pending (a pure copy); without it that is exit 6')
   .action((o) => run(o.json, () => planCommand(o)));
 
 program
@@ -104,6 +123,7 @@ program
   .option('--restart', 'abandon the unfinished run and start over (green is wiped, only if migrate created it)')
   .option('--accept-new-snapshot', 'with --resume: copy the remaining tables from a new snapshot when the old one is gone')
   .option('--dry-run', 'CI rehearsal against a copied database: everything except cutover')
+  .option('--allow-no-migrations', 'copy blue to green even when no migration is pending; without it that is refused (exit 6) before anything is written')
   .option('--report-md <file>', 'also write the report (steps, validation, metrics) as Markdown, e.g. $GITHUB_STEP_SUMMARY')
   .option('--in-place', 'run the pending migrations on blue itself, lock-safe (no green, no copy)')
   .option('--no-rewrite', 'with --in-place: run the statements as written (still under lock_timeout with retries)')
@@ -195,7 +215,7 @@ The demo starts two PostgreSQL clusters, the stand-in engine on each, and the ed
 consumer Workers in workerd; seeds blue with dirty rows; runs apply while revocation traffic goes
 through the router; then lever, cutover of three targets, drain, validation, watch and metrics.
 It removes everything it started when it ends.`)
-  .action((o) => run(o.json, () => demoCommand(o)));
+  .action((o) => run(o.json, () => launchDemo(o)));
 
 program
   .command('config-schema')

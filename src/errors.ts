@@ -12,6 +12,8 @@ export const ExitCode = {
   source: 6,
   target: 7,
   cutoverRolledBack: 8,
+  /** A bug in migrate itself (sysexits' EX_SOFTWARE): never a Postgres or operator problem. */
+  internal: 70,
 } as const;
 
 /** One of the documented exit codes. */
@@ -102,6 +104,47 @@ export class ConnectionError extends OperatorError {
   }
 }
 
+/** A side's server went away mid-run (shutdown, crash, network cut): names the side, where, and how to continue. */
+export class ConnectionLostError extends ConnectionError {
+  /** The side that went away. */
+  readonly side: Side;
+  /** How the connection ended, as the driver or the server said it. */
+  readonly reason: string;
+  /** `step/unit` it happened in, when known. */
+  readonly during: string | null;
+
+  constructor(side: Side, reason: string, opts: { during?: string; resume?: string } = {}, cause?: unknown) {
+    super(
+      side,
+      opts.during ? `${side} went away during ${opts.during} (${reason})` : `lost the connection to ${side} (${reason})`,
+      opts.resume ? `bring ${side} back up, then run \`${opts.resume}\`` : `check that ${side} is up, then run the command again (an apply continues with \`migrate apply --resume\`)`,
+      cause,
+    );
+    this.side = side;
+    this.reason = reason;
+    this.during = opts.during ?? null;
+  }
+}
+
+/** A statement hit the server's statement_timeout: names the side and the statement (exit 6 for blue, 7 for green). */
+export class StatementTimeoutError extends OperatorError {
+  /** The side whose server cancelled the statement. */
+  readonly side: Side;
+  /** The statement's first line (at most 200 characters). */
+  readonly statement: string;
+
+  constructor(side: Side, statement: string, opts: { during?: string; resume?: string } = {}, cause?: unknown) {
+    super(`${side} cancelled a statement after its statement_timeout${opts.during ? ` during ${opts.during}` : ''}: ${statement}`, {
+      hint: `raise statement_timeout for the role or database migrate uses on ${side} (e.g. ALTER ROLE ... SET statement_timeout = 0), then run ${opts.resume ? `\`${opts.resume}\`` : 'the command again'}`,
+      exitCode: side === 'blue' ? ExitCode.source : ExitCode.target,
+      detail: { side, statement, sqlstate: '57014', during: opts.during ?? null },
+      cause,
+    });
+    this.side = side;
+    this.statement = statement;
+  }
+}
+
 /** An external binary or the migration source failed (exit 6: the source of truth for the change). */
 export class SourceError extends OperatorError {
   constructor(message: string, hint: string, detail?: Record<string, unknown>) {
@@ -116,7 +159,26 @@ export class PostgresError extends OperatorError {
   }
 }
 
-/** The exit code for any thrown value: OperatorErrors carry their own, anything else is a bug (4 is wrong, 1 hides it). */
-export function exitCodeOf(err: unknown): number {
-  return err instanceof OperatorError ? err.exitCode : 70;
+/** A Postgres failure inside a journalled run: its hint also says how to continue the run once fixed. */
+export function withContinuation(err: OperatorError, command: string): OperatorError {
+  if (!(err instanceof PostgresError) || err.hint.includes(command)) return err;
+  return new PostgresError(err.message, `${err.hint}, then run \`${command}\``, err.detail, err.cause);
+}
+
+/** Something that is not the operator's to fix: a bug in migrate (exit 70), never dressed as a Postgres error. */
+export class InternalError extends OperatorError {
+  constructor(cause: unknown) {
+    const e = cause as Error | undefined;
+    super(`internal error: ${e?.message ?? String(cause)}`, {
+      hint: 'this is a bug in migrate, not in your data or config: report it with this output and `migrate status --json`; nothing more was run after it',
+      exitCode: ExitCode.internal,
+      detail: { stack: e?.stack?.split('\n').slice(0, 5) },
+      cause,
+    });
+  }
+}
+
+/** Every thrown value as an OperatorError: operator errors keep their code, anything else is a bug (70). */
+export function asOperatorError(err: unknown): OperatorError {
+  return err instanceof OperatorError ? err : new InternalError(err);
 }

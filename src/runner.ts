@@ -4,9 +4,9 @@
 
 import crypto from 'node:crypto';
 import type { ResolvedConfig } from './config/load.ts';
-import { connect, type Db } from './db/connect.ts';
+import { connect, locateFailure, type Db } from './db/connect.ts';
 import { describeDsn } from './db/redact.ts';
-import { OperatorError, StateError } from './errors.ts';
+import { asOperatorError, OperatorError, StateError, withContinuation } from './errors.ts';
 import { createSource } from './sources/index.ts';
 import { acquireRunLock, installState, Journal, latestRun, openRun, type ResumeMode } from './state/journal.ts';
 import { capture } from './steps/capture.ts';
@@ -95,16 +95,17 @@ export interface ApplyOutcome {
   error: OperatorError | null;
 }
 
-/** Which steps `apply` runs; everything after a failure is reported as not-run. */
-export async function apply(ctx: StepContext, mode: ResumeMode, sink: ProgressSink, steps: readonly Step[] = STEPS): Promise<ApplyOutcome> {
+/** Which steps `apply` runs; everything after a failure is reported as not-run. `rehearsal`: `apply --dry-run`, journalled as such. */
+export async function apply(ctx: StepContext, mode: ResumeMode, sink: ProgressSink, steps: readonly Step[] = STEPS, opts: { rehearsal?: boolean } = {}): Promise<ApplyOutcome> {
   await acquireRunLock(ctx.blue);
   for (const s of steps) await s.validate(ctx);
-  const last = await latestRun(ctx.blue);
+  const last = await latestRun(ctx.blue, { kind: opts.rehearsal ? 'rehearsal' : 'real' });
   if (mode === 'resume' && !(last && (last.status === 'running' || last.status === 'failed'))) {
-    throw new StateError('there is no unfinished run to resume', 'run `migrate apply` without --resume to start a new run');
+    const what = opts.rehearsal ? 'rehearsal' : 'run';
+    throw new StateError(`there is no unfinished ${what} to resume`, `run \`migrate apply${opts.rehearsal ? ' --dry-run' : ''}\` without --resume to start a new ${what}`);
   }
   await installState(ctx.blue);
-  const { run, resumed } = await openRun(ctx.blue, { mode, configDigest: configDigest(ctx.config), greenTarget: describeDsn(ctx.config.greenDsn) });
+  const { run, resumed } = await openRun(ctx.blue, { mode, configDigest: configDigest(ctx.config), greenTarget: describeDsn(ctx.config.greenDsn), rehearsal: !!opts.rehearsal });
   const journal = new Journal(ctx.blue, run.run_id);
   ctx.journal = journal;
   const results: StepResult[] = [];
@@ -132,24 +133,16 @@ export async function apply(ctx: StepContext, mode: ResumeMode, sink: ProgressSi
       });
       results.push({ name: s.name, status: 'done', ms: Date.now() - started, detail, actions });
     } catch (err) {
-      error = asOperatorError(err);
+      error = withContinuation(asOperatorError(locateFailure(err, s.name, ctx.config.file)), `migrate apply${opts.rehearsal ? ' --dry-run' : ''} --resume --config ${ctx.config.file}`);
       await journal.fail(s.name, '', error.message).catch(() => {});
       results.push({ name: s.name, status: 'failed', ms: Date.now() - started, detail: error.toJSON() });
     } finally {
       ctx.progress = () => {};
     }
   }
-  await journal.updateRun({ status: error ? 'failed' : 'done' });
-  return { runId: run.run_id, resumed, results, error };
-}
-
-/** Wraps unexpected errors so every failure has a hint and an exit code. */
-export function asOperatorError(err: unknown): OperatorError {
-  if (err instanceof OperatorError) return err;
-  const e = err as Error;
-  return new OperatorError(`internal error: ${e?.message ?? String(err)}`, {
-    hint: 'this is a bug in migrate; rerun with --resume, and report it with the output of `migrate status --json`',
-    exitCode: 4,
-    detail: { stack: e?.stack?.split('\n').slice(0, 5) },
+  // With blue gone the run cannot be marked failed; the error that stopped it is the one to report.
+  await journal.updateRun({ status: error ? 'failed' : 'done' }).catch((err: unknown) => {
+    if (!error) throw err;
   });
+  return { runId: run.run_id, resumed, results, error };
 }

@@ -2,23 +2,16 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createDbPair, fingerprint, runCli, seedBlue, V2_MIGRATIONS, writeConfig, type DbPair } from './harness.ts';
+import { guardedPair, runCli, V2_MIGRATIONS, writeConfig, type DbPair } from './harness.ts';
 
 describe('bad input changes nothing', () => {
   let pair: DbPair;
-  let before: { blue: string; green: string };
+  let expectUnchanged: () => Promise<void>;
 
   beforeAll(async () => {
-    pair = await createDbPair('bad');
-    await seedBlue(pair, { rows: 200, seed: 1, dirty: [] });
-    before = { blue: await fingerprint(pair.blueDsn), green: await fingerprint(pair.greenDsn) };
+    ({ pair, expectUnchanged } = await guardedPair('bad', { rows: 200, seed: 1, dirty: [] }));
   });
   afterAll(async () => pair?.drop());
-
-  async function expectUnchanged(): Promise<void> {
-    expect(await fingerprint(pair.blueDsn)).toBe(before.blue);
-    expect(await fingerprint(pair.greenDsn)).toBe(before.green);
-  }
 
   it('rejects malformed JSON config with exit 2 and names the file', async () => {
     const cfg = writeConfig(pair);

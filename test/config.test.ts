@@ -47,9 +47,18 @@ describe('config', () => {
   it('names a missing environment variable and a missing migrations folder together', () => {
     const err = issuesOf(() => resolveConfig({ ...good, green: { dsn: 'env:NOPE' }, migrations: { kind: 'pop', dir: '/does/not/exist' } }, '/x/c.json', env));
     expect(err.issues).toEqual([
-      { path: 'green.dsn', message: 'environment variable NOPE is not set' },
+      { path: 'green.dsn', message: 'environment variable NOPE is not set; export it before running migrate' },
       { path: 'migrations.dir', message: 'folder /does/not/exist does not exist' },
     ]);
+  });
+
+  it('refuses config SQL that is not one read-only query or expression, at its path, together with other problems', () => {
+    const invariant = { name: 'sneaky', blue: 'SELECT 1', green: 'WITH d AS (DELETE FROM k RETURNING id) SELECT id FROM d', relation: 'equal', quarantine: [{ table: 'public.k', key: "row ->> 'id' -- x" }] };
+    const probe = { name: 'p', kind: 'sql', database: 'green', sql: 'SELECT 1; DROP TABLE k' };
+    const err = issuesOf(() => resolveConfig({ ...good, invariants: [invariant], watch: { probes: [probe] }, cleanup: { rules: [{ name: 'r', table: 'public.k', where: 't.a = 1; --', reason: 'x' }] } }, '/x/c.json', env));
+    expect(err.issues.map((i) => i.path)).toEqual(['cleanup.rules.0.where', 'invariants.0.green', 'invariants.0.quarantine.0.key', 'watch.probes.0.sql']);
+    expect(err.message).toContain('invariant "sneaky": the green query contains a Delete statement');
+    expect(err.message).toContain('watch probe "p": sql holds 2 statements; write it as one read-only SELECT');
   });
 
   it('refuses green pointing at the same database as blue', () => {

@@ -225,6 +225,7 @@ describe('migrate cutover and migrate rollback through the CLI', () => {
     sw.state.failPut = false;
     const res = await cutoverCommand({ config: cfg.file, yes: true, json: true });
     expect(res.exitCode, res.text).toBe(0);
+    expect(res.text.split('\n')).toContain('cutover committed');
     const out = res.json as { cutover: { targets: unknown[] }; invariants: { passed: boolean }[] };
     expect(out.cutover.targets).toEqual([{ name: 'config-table', status: 'committed' }, { name: 'router-kv', status: 'committed' }, { name: 'edge-switch', status: 'committed' }]);
     expect(out.invariants.every((i: { passed: boolean }) => i.passed)).toBe(true);

@@ -1,6 +1,8 @@
 // `migrate drain` on real Postgres: blue's outbox and a queue (over the documented REST shapes)
 // replayed into a v2-shaped green, resumable by the high-water mark, deduplicated, forged messages
 // left for the dead-letter queue, and rows of transactions still open at a read picked up later.
+// A queue drain cannot pull (paused, or consumed by the Worker) stops it before anything is written;
+// a dead-letter queue is replayed where its letters verify and keeps the rest.
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
@@ -11,7 +13,7 @@ import { LocalQueue } from '../src/queue/local.ts';
 import { serveLocalQueueApi } from '../src/queue/local-http.ts';
 import { installGreenCapture } from '../src/replay/capture-green.ts';
 import { drain } from '../src/steps/drain.ts';
-import { createDbPair, runCli, seedBlue, seedUpgradedToV2, writeConfig, type DbPair } from './harness.ts';
+import { createDbPair, fingerprint, runCli, seedBlue, seedUpgradedToV2, writeConfig, type DbPair } from './harness.ts';
 
 const KEY = 'drain-test-hmac-key';
 let pair: DbPair;
@@ -157,6 +159,82 @@ describe('drain', () => {
       expect(doc.drain).toMatchObject({ queueRead: 1, applied: 1 });
       expect(res.stdout + res.stderr).not.toContain('cli-token-secret');
       expect((await green.query('SELECT active FROM hydra_oauth2_refresh WHERE signature = $1', [g.signature])).rows).toEqual([{ active: false }]);
+    } finally {
+      await api.close();
+    }
+  });
+
+  it('stops with exit 6 before writing anything when the queue has delivery paused, and names resume-delivery', async () => {
+    const queue = new LocalQueue();
+    const api = await serveLocalQueueApi(queue, { accountId: 'acc', queueId: 'rq', token: 'tok' });
+    try {
+      const g = (await liveGrants(green, 1, 20))[0]!;
+      queue.send(await signRevocation({ v: 1, id: 'paused-msg-01', kind: 'refresh-rotate', at: new Date().toISOString(), signature: g.signature }, KEY));
+      await revokeOnBlue(blue, (await liveGrants(blue, 1, 30))[0]!.request_id); // an outbox event a drain would apply
+      queue.pauseDelivery();
+      const before = { blue: await fingerprint(pair.blueDsn), green: await fingerprint(pair.greenDsn) };
+      const cfg = writeConfig(pair, { queue: { kind: 'cloudflare-http', accountId: 'acc', queueId: 'rq', token: 'env:Q_TOKEN', hmacKey: 'env:Q_HMAC', baseUrl: api.baseUrl } });
+      const res = await runCli(['drain', '--config', cfg.file, '--json'], { ...cfg.env, Q_TOKEN: 'tok', Q_HMAC: KEY });
+      expect(res.code, res.stderr).toBe(6);
+      const doc = JSON.parse(res.stdout);
+      expect(doc.error).toMatchObject({ name: 'QueueDeliveryPausedError', reason: 'queue_delivery_paused' });
+      expect(doc.error.message).toContain('nothing was pulled, applied or acked');
+      expect(doc.error.hint).toContain('npx wrangler queues resume-delivery bluegreen-revocations');
+      expect({ blue: await fingerprint(pair.blueDsn), green: await fingerprint(pair.greenDsn) }).toEqual(before);
+      expect(api.requests.filter((r) => r.endsWith('messages/ack'))).toEqual([]);
+      queue.resumeDelivery();
+      const [m] = await queue.pull(10, 1000);
+      expect([queue.size, m!.attempts]).toEqual([1, 1]); // the message is still there, no delivery spent
+    } finally {
+      await api.close();
+    }
+  });
+
+  it('stops with exit 6 before writing anything when a Worker consumes the queue, and names the wrangler switch', async () => {
+    const queue = new LocalQueue({ consumers: [{ type: 'worker', scriptName: 'bluegreen-revocation-consumer', deadLetterQueue: 'bluegreen-revocations-dlq' }] });
+    const api = await serveLocalQueueApi(queue, { accountId: 'acc', queueId: 'rq', token: 'tok' });
+    try {
+      const before = { blue: await fingerprint(pair.blueDsn), green: await fingerprint(pair.greenDsn) };
+      const cfg = writeConfig(pair, { queue: { kind: 'cloudflare-http', accountId: 'acc', queueId: 'rq', token: 'env:Q_TOKEN', hmacKey: 'env:Q_HMAC', baseUrl: api.baseUrl } });
+      const res = await runCli(['drain', '--config', cfg.file], { ...cfg.env, Q_TOKEN: 'tok', Q_HMAC: KEY });
+      expect(res.code, res.stderr).toBe(6);
+      expect(res.stderr).toContain('queue bluegreen-revocations has no HTTP pull consumer (worker bluegreen-revocation-consumer)');
+      expect(res.stderr).toContain('npx wrangler queues consumer remove bluegreen-revocations bluegreen-revocation-consumer');
+      expect({ blue: await fingerprint(pair.blueDsn), green: await fingerprint(pair.greenDsn) }).toEqual(before);
+      expect(api.requests.some((r) => r.endsWith('messages/pull'))).toBe(false);
+    } finally {
+      await api.close();
+    }
+  });
+
+  it('replays a dead letter whose original verifies, keeps a forged one unacked and reports it with exit 5', async () => {
+    const main = new LocalQueue();
+    const dlq = new LocalQueue({ name: 'bluegreen-revocations-dlq', maxRetries: 100, consumers: [{ type: 'http_pull', deadLetterQueue: 'bluegreen-revocations-dlq-kept', maxRetries: 100 }] });
+    const api = await serveLocalQueueApi(main, { accountId: 'acc', queueId: 'rq', token: 'tok' }, { dlq: dlq });
+    try {
+      const [a, b, victim] = await liveGrants(green, 3, 40);
+      const good = await signRevocation({ v: 1, id: 'dlq-good-0001', kind: 'refresh-rotate', at: new Date().toISOString(), signature: a!.signature }, KEY);
+      const forged = await signRevocation({ v: 1, id: 'dlq-forged-01', kind: 'token-revoke', at: new Date().toISOString(), requestId: victim!.request_id }, 'not-the-key');
+      // The consumer Worker's wrappers, and a message Queues moved there itself after its retries (unwrapped).
+      dlq.send({ reason: 'invalid-body', detail: 'written by an older Worker', original: good });
+      dlq.send({ reason: 'bad-signature', detail: 'mac does not match the body', original: forged });
+      dlq.send(await signRevocation({ v: 1, id: 'dlq-raw-00001', kind: 'refresh-rotate', at: new Date().toISOString(), signature: b!.signature }, KEY));
+      dlq.send({ reason: 'malformed', detail: '(root): expected object', original: 'hello' });
+      const cfg = writeConfig(pair, { queue: { kind: 'cloudflare-http', accountId: 'acc', queueId: 'rq', deadLetterQueueId: 'dlq', token: 'env:Q_TOKEN', hmacKey: 'env:Q_HMAC', baseUrl: api.baseUrl } });
+      const res = await runCli(['drain', '--config', cfg.file, '--json'], { ...cfg.env, Q_TOKEN: 'tok', Q_HMAC: KEY });
+      expect(res.code, res.stderr).toBe(5);
+      const doc = JSON.parse(res.stdout);
+      expect(doc.drain.deadLetters).toMatchObject({ read: 4, replayed: 2, kept: { 'bad-signature': 1, malformed: 1 } });
+      expect(doc.drain.deadLetters.keptMessages.map((k: { workerReason: string }) => k.workerReason).sort()).toEqual(['bad-signature', 'malformed']);
+      expect(doc.error).toMatchObject({ name: 'FindingsError', exitCode: 5 });
+      expect(doc.error.message).toContain('2 dead letter(s) do not verify and were kept on the dead-letter queue');
+      expect(doc.error.hint).toContain('never purge the dead-letter queue');
+      expect((await green.query('SELECT signature, active FROM hydra_oauth2_refresh WHERE signature = ANY($1) ORDER BY signature', [[a!.signature, b!.signature]])).rows.map((r) => r.active)).toEqual([false, false]);
+      expect(await liveOnGreen([victim!.request_id])).toBeGreaterThan(0);
+      // Kept, not handed back: still on the queue, still leased (a retry would make them visible now), never dropped.
+      expect(dlq.size).toBe(2);
+      expect(await dlq.pull(10, 1000)).toEqual([]);
+      expect(dlq.deadLetters).toEqual([]);
     } finally {
       await api.close();
     }

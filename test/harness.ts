@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { inject } from 'vitest';
+import { expect, inject } from 'vitest';
 import { loadHydraV1Schema, seedHydraV1, type SeedOptions, type SeedResult } from '../src/fixture/seed.ts';
 import { popSource } from '../src/sources/pop.ts';
 
@@ -80,6 +80,20 @@ export async function seedBlue(pair: DbPair, opts: SeedOptions): Promise<SeedRes
     await loadHydraV1Schema(c);
     return seedHydraV1(c, opts);
   });
+}
+
+/** A seeded pair with a check that neither database changed since it was seeded: bad input must change nothing. */
+export async function guardedPair(prefix: string, seed: SeedOptions): Promise<{ pair: DbPair; expectUnchanged: () => Promise<void> }> {
+  const pair = await createDbPair(prefix);
+  await seedBlue(pair, seed);
+  const before = { blue: await fingerprint(pair.blueDsn), green: await fingerprint(pair.greenDsn) };
+  return {
+    pair,
+    expectUnchanged: async () => {
+      expect(await fingerprint(pair.blueDsn)).toBe(before.blue);
+      expect(await fingerprint(pair.greenDsn)).toBe(before.green);
+    },
+  };
 }
 
 /** Seeds `db` exactly as {@link seedBlue} would and upgrades it to the v2 shape with the fixture's migrations: green as the window leaves it. */

@@ -1,6 +1,7 @@
 // The TTL lever on a real journal: raise records the old value, raising again is a no-op, a raise
-// whose verify fails restores at once (exit 8), and restore after a failed cutover brings the old
-// value back whether the lever is a SQL setting or a real command.
+// whose verify fails restores at once (exit 8), a prepare that fails changes and restores nothing,
+// a raise after a failed restore keeps the first value read, and restore after a failed cutover
+// brings the old value back whether the lever is a SQL setting or a real command.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,7 +15,7 @@ import { installState, Journal, openRun } from '../src/state/journal.ts';
 import { LeverError, raiseLever, restoreLever } from '../src/steps/lever.ts';
 import { createDbPair, withClient, type DbPair } from './harness.ts';
 
-const sqlLever = (verifyExpect = '86400'): LeverSpec => ({
+const sqlLever = (verifyExpect = '86400'): Extract<LeverSpec, { kind: 'sql' }> => ({
   kind: 'sql', database: 'green',
   prepare: { sql: `SELECT value FROM app_config WHERE key = 'token_ttl'`, params: [] },
   commit: { sql: `UPDATE app_config SET value = '86400' WHERE key = 'token_ttl'`, params: [] },
@@ -61,6 +62,26 @@ describe('the TTL lever', () => {
     expect((err as LeverError).exitCode).toBe(8);
     expect(await ttl()).toBe('3600');
     expect((await leverRecord(journal))?.state).toBe('restored');
+  });
+
+  it('changes nothing, records nothing and claims no restore when its prepare fails', async () => {
+    const err = await raiseLever({ ...sqlLever(), prepare: { sql: 'SELECT value FROM no_such_settings', params: [] } }, env, journal).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(LeverError);
+    expect(err).toMatchObject({ exitCode: 8, phase: 'prepare', after: null });
+    expect((err as LeverError).message).toMatch(/^the TTL lever could not be raised: .*no_such_settings.*; nothing was cut over$/);
+    expect((err as LeverError).hint).toContain('the TTL was never read or changed');
+    expect(await leverRecord(journal)).toBeNull();
+    expect(await ttl()).toBe('3600');
+  });
+
+  it('keeps the value it first read when raised again after a failed restore (the TTL is still high then)', async () => {
+    await raiseLever(sqlLever(), env, journal);
+    const broken = { ...sqlLever(), rollback: { sql: 'UPDATE no_such_settings SET value = $1', params: ['{{saved}}'] } };
+    expect(await restoreLever(broken, env, journal)).toMatchObject({ state: 'restore-failed', saved: '3600' });
+    expect(await ttl()).toBe('86400');
+    expect(await raiseLever(sqlLever(), env, journal)).toEqual({ state: 'raised', saved: '3600' });
+    expect(await restoreLever(sqlLever(), env, journal)).toEqual({ state: 'restored', saved: '3600' });
+    expect(await ttl()).toBe('3600');
   });
 
   it('is restored after a cutover that rolled back', async () => {

@@ -51,6 +51,9 @@ describe('metrics', () => {
       expect(out.metrics.steps.map((s: { name: string }) => s.name)).toEqual(['preflight', 'capture', 'snapshot', 'cleanup', 'migrate', 'validate']);
       // The rehearsal says whether a cutover would be let through: migrated, validated, capture on, no backlog.
       expect(out.guardrails).toEqual([
+        expect.objectContaining({ id: 'real-run', ok: false }),
+        expect.objectContaining({ id: 'green-is-run-target', ok: true }),
+        expect.objectContaining({ id: 'green-marker', ok: true }),
         expect.objectContaining({ id: 'green-validated', ok: true }),
         expect.objectContaining({ id: 'capture-active', ok: true }),
         expect.objectContaining({ id: 'drain-backlog', ok: true }),

@@ -108,19 +108,28 @@ describe('snapshot copy', () => {
     expect(await tableChecksums(pair.greenDsn)).toEqual(reference);
   });
 
-  it('fails with exit 5 and names the tables when green was changed between copy and verification', async () => {
-    const { pair, cfg } = await newPair('snap_tamper');
+  it('fails with exit 5 and names the table when a copied row was changed on green before verification', async () => {
+    const { cfg, pair } = await newPair('snap_tamper');
     const child = await copyOnlyUntil([cfg.file], { ...cfg.env, BLUEGREEN_FAULT: 'pause-before:snapshot:verify' }, 'fault: paused before');
     await kill9(child);
-    await withClient(pair.greenDsn, async (c) => {
-      await c.query(`DELETE FROM ${ACCESS} WHERE signature = (SELECT min(signature) FROM ${ACCESS})`);
-      await c.query(`UPDATE public.hydra_client SET client_name = client_name || 'x' WHERE pk = (SELECT min(pk) FROM public.hydra_client)`);
-    });
+    await withClient(pair.greenDsn, (c) => c.query(`UPDATE public.hydra_client SET client_name = client_name || 'x' WHERE pk = (SELECT min(pk) FROM public.hydra_client)`));
     const resumed = await copyOnly([cfg.file, '--resume', '--verify', 'full'], cfg.env);
     expect(resumed.code, resumed.stdout + resumed.stderr).toBe(5);
     const doc = JSON.parse(resumed.stdout);
     expect(doc.error.name).toBe('FindingsError');
-    expect(doc.error.message).toContain(`${ACCESS}: blue had`);
     expect(doc.error.message).toContain('public.hydra_client: checksum of the copied rows differs');
+  });
+
+  it('refuses to resume over a copied table that lost rows behind its foreign keys, naming --restart', async () => {
+    const { cfg, pair } = await newPair('snap_lost');
+    const child = await copyOnlyUntil([cfg.file], { ...cfg.env, BLUEGREEN_FAULT: 'pause-before:snapshot:verify' }, 'fault: paused before');
+    await kill9(child);
+    await withClient(pair.greenDsn, (c) => c.query(`DELETE FROM ${ACCESS} WHERE signature = (SELECT min(signature) FROM ${ACCESS})`));
+    const resumed = await copyOnly([cfg.file, '--resume', '--verify', 'full'], cfg.env);
+    expect(resumed.code, resumed.stdout + resumed.stderr).toBe(3);
+    const doc = JSON.parse(resumed.stdout);
+    expect(doc.error.message).toContain('green lost rows of a table whose foreign keys are already in place');
+    expect(doc.error.message).toContain('public.hydra_oauth2_access');
+    expect(doc.error.hint).toContain('--restart');
   });
 });

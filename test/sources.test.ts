@@ -14,7 +14,7 @@ import { checkAll, checkMigrationSql } from '../src/sources/check.ts';
 import { commandSource } from '../src/sources/command.ts';
 import { createSource } from '../src/sources/index.ts';
 import { POP_FILE_PATTERN, popSource } from '../src/sources/pop.ts';
-import { DISABLE_TRANSACTION, postgresMigrationsSource } from '../src/sources/postgres-migrations.ts';
+import { DISABLE_TRANSACTION, POSTGRES_MIGRATIONS_FILE_PATTERN, postgresMigrationsSource } from '../src/sources/postgres-migrations.ts';
 import type { Migration, MigrationSource } from '../src/sources/types.ts';
 
 let cluster: LocalCluster;
@@ -143,6 +143,32 @@ describe('pop source', () => {
     expect(err.message).toContain('2020_short_version.up.sql');
     expect(err.message).toContain(`${V2}_no_direction.sql`);
     expect(err.message).toContain(POP_FILE_PATTERN);
+  });
+
+  it('rejects files meant as migrations that no pop rule runs (dialect typo, upper-case extension, backup, fizz), naming each', async () => {
+    const dir = folder({
+      [`${V1}_ok.up.sql`]: 'SELECT 1;',
+      [`${V2}_x.postgress.up.sql`]: 'SELECT 1;',
+      [`${V2}_y.postgres.up.SQL`]: 'SELECT 1;',
+      [`${V3}_z.up.sql.bak`]: 'SELECT 1;',
+      [`${V3}_w.up.fizz`]: 'create_table("w")',
+    });
+    const err = await caught(popSource(dir).all());
+    expect(err).toBeInstanceOf(SourceError);
+    expect(err.detail.files).toEqual([`${V2}_x.postgress.up.sql (unknown dialect "postgress")`, `${V2}_y.postgres.up.SQL`, `${V3}_w.up.fizz`, `${V3}_z.up.sql.bak`]);
+    expect(err.message).toContain(POP_FILE_PATTERN);
+  });
+
+  it('leaves down files of any case and dialect, READMEs and dotfiles alone', async () => {
+    const dir = folder({
+      [`${V1}_ok.up.sql`]: 'SELECT 1;',
+      [`${V1}_ok.down.sql`]: 'SELECT 1;',
+      [`${V1}_ok.postgress.DOWN.SQL`]: 'SELECT 1;',
+      [`${V1}_ok.down.fizz`]: 'drop_table("ok")',
+      'README.md': '# migrations',
+      '.gitkeep': '',
+    });
+    expect((await popSource(dir).all()).map((m) => m.id)).toEqual([V1]);
   });
 
   it('treats a version missing from schema_migration as pending even when it sorts below the newest applied', async () => {
@@ -323,6 +349,23 @@ describe('postgres-migrations source', () => {
     const err = await caught(source.apply(db, second as Migration));
     expect(err).toBeInstanceOf(StateError);
     expect(await tableExists(db, 'b')).toBe(false);
+  });
+
+  it('accepts every name the library documents (separator - or none, leading zeros, upper-case extension)', async () => {
+    const dir = folder({ '1-a.sql': 'SELECT 1;', '02_b.SQL': 'SELECT 2;', '3c.sql': 'SELECT 3;', 'README.md': '# notes' });
+    expect((await postgresMigrationsSource(dir).all()).map((m) => [m.id, path.basename(m.file ?? '')])).toEqual([
+      ['1', '1-a.sql'],
+      ['2', '02_b.SQL'],
+      ['3', '3c.sql'],
+    ]);
+  });
+
+  it('rejects every file meant as a migration that the library would skip or fail on, naming each and the pattern', async () => {
+    const dir = folder({ '1_a.sql': 'SELECT 1;', 'name.sql': 'SELECT 1;', '2_b.sql.bak': 'SELECT 1;', '2_b.psql': 'SELECT 1;', 'README.md': '# notes' });
+    const err = await caught(postgresMigrationsSource(dir).all());
+    expect(err).toBeInstanceOf(SourceError);
+    expect(err.detail.files).toEqual(['2_b.psql', '2_b.sql.bak', 'name.sql']);
+    expect(err.message).toContain(POSTGRES_MIGRATIONS_FILE_PATTERN);
   });
 
   it('rejects a folder with a gap in its ids', async () => {

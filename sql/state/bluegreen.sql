@@ -13,6 +13,10 @@ CREATE TABLE IF NOT EXISTS bluegreen.run (
   snapshot_id   text,
   green_target  text NOT NULL
 );
+-- mode says what kind of run this is; blues installed before rehearsals were marked have every
+-- run as 'bluegreen', which is what they were treated as. Re-running this is harmless.
+COMMENT ON COLUMN bluegreen.run.mode IS
+  'bluegreen: a real run (cut over, resumed and shown by status); rehearsal: started by apply --dry-run, never cut over';
 
 -- The journal: one row per step (unit = '') and per resumable unit inside a step.
 CREATE TABLE IF NOT EXISTS bluegreen.journal (

@@ -11,7 +11,7 @@ import { applyMarkdown } from '../report/apply-summary.ts';
 import { checkGuardrails, outboxBacklog } from '../cutover/guardrails.ts';
 import { Journal } from '../state/journal.ts';
 import { collectMetrics, dbStats, metricsText, recordBaseline } from '../report/metrics.ts';
-import { apply, type ProgressSink, type StepResult } from '../runner.ts';
+import { apply, STEPS, type ProgressSink, type StepResult } from '../runner.ts';
 import type { ValidationReport } from '../steps/validate.ts';
 import type { ResumeMode } from '../state/journal.ts';
 import { table, type CommandResult } from './result.ts';
@@ -41,6 +41,8 @@ export interface ApplyFlags {
   inPlace?: boolean;
   /** With inPlace: false runs statements as written (`--no-rewrite`). */
   rewrite?: boolean;
+  /** Accept a migrations folder with nothing pending: copy without migrating. */
+  allowNoMigrations?: boolean;
   /** Progress sink override (demo, tests). */
   sink?: ProgressSink;
 }
@@ -64,12 +66,14 @@ export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
   if (flags.acceptNewSnapshot && !flags.resume) throw new UsageError('--accept-new-snapshot only applies with --resume', 'add --resume');
   const mode: ResumeMode = flags.resume ? 'resume' : flags.restart ? 'restart' : 'fresh';
   if (flags.inPlace) return applyInPlaceCommand(flags, mode);
-  const run = { acceptNewSnapshot: !!flags.acceptNewSnapshot, restart: !!flags.restart, resume: !!flags.resume, ...(flags.jobs ? { jobs: flags.jobs } : {}), ...(flags.verify ? { verify: flags.verify } : {}) };
+  const run = { acceptNewSnapshot: !!flags.acceptNewSnapshot, restart: !!flags.restart, resume: !!flags.resume, allowNoMigrations: !!flags.allowNoMigrations, ...(flags.jobs ? { jobs: flags.jobs } : {}), ...(flags.verify ? { verify: flags.verify } : {}) };
   return withContext({ config: flags.config, run }, async (ctx) => {
     const baseline = await dbStats(ctx.green);
-    const outcome = await apply(ctx, mode, flags.sink ?? progressSink(!!flags.json));
-    await recordBaseline(ctx, baseline);
-    const metrics = await collectMetrics(ctx);
+    const outcome = await apply(ctx, mode, flags.sink ?? progressSink(!!flags.json), STEPS, { rehearsal: !!flags.dryRun });
+    // After a failed run a side may be gone: the figures are best effort, the error stays the report.
+    const bestEffort = <T>(work: Promise<T>): Promise<T | null> => (outcome.error ? work.catch(() => null) : work);
+    await bestEffort(recordBaseline(ctx, baseline));
+    const metrics = (await bestEffort(collectMetrics(ctx))) ?? { green: null, steps: outcome.results.map((r) => ({ name: r.name, ms: r.ms })), probes: [] };
     const held = await listQuarantine(ctx.green).catch(() => []);
     const quarantine: QuarantineTotals = { rows: 0, byReason: {} };
     for (const q of held) {
@@ -82,7 +86,7 @@ export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
     const exitCode = outcome.error?.exitCode ?? 0;
     // A rehearsal also says whether a cutover would be let through now (informational: a dry run
     // cuts nothing over, so the verdicts do not change its exit code).
-    const guardrails = flags.dryRun && !outcome.error && outcome.runId ? await checkGuardrails(ctx.blue, new Journal(ctx.blue, outcome.runId), ctx.config, outboxBacklog(ctx.blue, ctx.green)) : null;
+    const guardrails = flags.dryRun && !outcome.error && outcome.runId ? await checkGuardrails(ctx.blue, ctx.green, new Journal(ctx.blue, outcome.runId), ctx.config, outboxBacklog(ctx.blue, ctx.green)) : null;
     const json = {
       ok: !outcome.error,
       exitCode,

@@ -1,6 +1,7 @@
 // `migrate cutover [--yes]`: guardrails, lever, the all-or-nothing flip of every configured target,
 // then validation and watch; exit 8 when it had to roll back. Also prints the metrics report.
 
+import { identityGuardrails, identityRefusal } from '../cutover/guardrails.ts';
 import { kvFromEnv } from '../cutover/kv-env.ts';
 import { moreConnections } from '../db/connect.ts';
 import { StateError } from '../errors.ts';
@@ -8,8 +9,8 @@ import { collectMetrics, metricsMarkdown, metricsText } from '../report/metrics.
 import { Journal, latestRun } from '../state/journal.ts';
 import { installGreenCapture } from '../replay/capture-green.ts';
 import { drain } from '../steps/drain.ts';
-import { runCutoverPhase } from '../steps/cutover.ts';
-import { queueFromConfig } from './drain.ts';
+import { cutoverVerdict, runCutoverPhase } from '../steps/cutover.ts';
+import { queueFromConfig } from '../queue/from-config.ts';
 import { table, type CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
 import fs from 'node:fs';
@@ -25,7 +26,12 @@ export interface CutoverFlags extends CommonOptions {
 /** Runs `migrate cutover`. */
 export async function cutoverCommand(flags: CutoverFlags): Promise<CommandResult> {
   return withContext({ config: flags.config }, async (ctx) => {
-    const run = await latestRun(ctx.blue);
+    const run = await latestRun(ctx.blue, { kind: 'real' });
+    if (!run) {
+      // Only a rehearsal to offer: say so through the same guardrails instead of "no run".
+      const rehearsal = await latestRun(ctx.blue, { kind: 'rehearsal' });
+      if (rehearsal) throw identityRefusal('cutover', rehearsal, ctx.config.greenDsn, await identityGuardrails(ctx.green, rehearsal, ctx.config.greenDsn));
+    }
     if (!run || run.status !== 'done') throw new StateError(run ? `run ${run.run_id} is ${run.status}` : 'there is no run to cut over', 'finish `migrate apply` first (`migrate status` shows where it stands)');
     ctx.journal = new Journal(ctx.blue, run.run_id);
     ctx.progress = (text) => void process.stderr.write(`${new Date().toISOString().slice(11, 19)} cutover: ${text}\n`);
@@ -54,7 +60,7 @@ export async function cutoverCommand(flags: CutoverFlags): Promise<CommandResult
     const exitCode = phase.error?.exitCode ?? 0;
     const lines = [
       table([['target', 'status'], ...phase.cutover.targets.map((t) => [t.name, t.status])]),
-      phase.cutover.rolledBack ? `ROLLED BACK (order: ${phase.cutover.rollbackOrder.join(' -> ') || 'nothing committed'})` : 'cutover committed',
+      cutoverVerdict(phase),
       phase.lever ? `lever: raised from ${JSON.stringify(phase.lever.saved)}, ${phase.lever.restored ? 'restored' : 'NOT restored'}` : '',
       phase.drained !== null ? `drained: ${phase.drained} revocation(s)` : '',
       ...phase.invariants.map((i) => `invariant ${i.name}: ${i.passed ? 'ok' : `FAILED (${i.message})`}`),

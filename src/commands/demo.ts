@@ -25,14 +25,12 @@ import { drain } from '../steps/drain.ts';
 import { runCutoverPhase } from '../steps/cutover.ts';
 import { startStandin, type Standin } from '../standin/server.ts';
 import { applyCommand } from './apply.ts';
+import { DEMO_FAULTS } from './demo-launcher.ts';
 import type { CommandResult } from './result.ts';
 import { withContext } from './session.ts';
 
 const SQL_DIR = fileURLToPath(new URL('../../sql/fixtures/', import.meta.url));
 const TOKEN_TABLES = ['public.hydra_oauth2_access', 'public.hydra_oauth2_refresh', 'public.hydra_oauth2_consent_request', 'public.hydra_oauth2_consent_request_handled'];
-
-/** Failures the demo can inject to show the safety nets. */
-export const DEMO_FAULTS = ['target-fails', 'corrupt-migration'] as const;
 
 /** Flags of `migrate demo`. */
 export interface DemoFlags {

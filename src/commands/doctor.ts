@@ -2,17 +2,47 @@
 // databases and every preflight check. Says what to install when something is missing or too old.
 
 import { binaryVersion } from '../db/binaries.ts';
-import { ExitCode, OperatorError } from '../errors.ts';
+import { ExitCode, OperatorError, type ExitCodeValue } from '../errors.ts';
+import { checkQueueConsumer } from '../queue/consumer-check.ts';
+import { cleanup } from '../steps/cleanup.ts';
 import { runChecks, type CheckResult } from '../steps/preflight.ts';
+import type { StepContext } from '../steps/step.ts';
 import { table, type CommandResult } from './result.ts';
 import { withContext } from './session.ts';
 
 /** The pg_dump major the tool is tested with; older clients cannot dump newer servers. */
 const MIN_PG_DUMP_MAJOR = 15;
 
-/** Runs `migrate doctor`; exit 3 when a check fails. */
+/** A doctor check with the exit code its failure maps to (preflight failures are state, 3). */
+type DoctorCheck = CheckResult & { exitCode?: ExitCodeValue };
+
+/**
+ * Which failure decides the exit code when several fail: the one to fix first. A config that does not
+ * load hides everything behind it, an unreachable side hides its checks, and the rest is preflight.
+ */
+const EXIT_PRECEDENCE: readonly ExitCodeValue[] = [ExitCode.usage, ExitCode.config, ExitCode.source, ExitCode.target, ExitCode.state];
+
+/** The exit code of a doctor run: 0 when every check passed, else the most fundamental failure's. */
+export function doctorExitCode(checks: readonly DoctorCheck[]): ExitCodeValue {
+  const failed = checks.filter((c) => !c.ok).map((c) => c.exitCode ?? ExitCode.state);
+  if (!failed.length) return ExitCode.ok;
+  return EXIT_PRECEDENCE.find((code) => failed.includes(code)) ?? failed[0]!;
+}
+
+/** The cleanup rules run on blue as written (read-only, stable functions only): what apply's validate checks. */
+async function cleanupRulesCheck(ctx: StepContext): Promise<DoctorCheck> {
+  try {
+    await cleanup.validate(ctx);
+    return { id: 'cleanup-rules', ok: true, detail: `${ctx.config.cleanupRules.length} cleanup rule(s) evaluate read-only on blue` };
+  } catch (err) {
+    if (!(err instanceof OperatorError)) throw err;
+    return { id: 'cleanup-rules', ok: false, detail: err.message, hint: err.hint, exitCode: err.exitCode };
+  }
+}
+
+/** Runs `migrate doctor`; the exit code names the cause (2 config, 6 blue, 7 green, 3 a failed check). */
 export async function doctorCommand(flags: { config?: string; json?: boolean }): Promise<CommandResult> {
-  const checks: CheckResult[] = [];
+  const checks: DoctorCheck[] = [];
   const nodeMajor = Number(process.versions.node.split('.')[0]);
   checks.push({ id: 'node', ok: nodeMajor >= 20, detail: `node ${process.versions.node}`, hint: 'install Node.js 20.19 or newer' });
   const dump = await binaryVersion('pg_dump');
@@ -28,18 +58,23 @@ export async function doctorCommand(flags: { config?: string; json?: boolean }):
       await withContext({ config: flags.config }, async (ctx) => {
         checks.push({ id: 'connect', ok: true, detail: 'blue and green reachable' });
         checks.push(...(await runChecks(ctx)));
+        checks.push(await cleanupRulesCheck(ctx));
+        checks.push(...(await checkQueueConsumer(ctx.config)));
       });
     } catch (err) {
       if (!(err instanceof OperatorError)) throw err;
-      checks.push({ id: 'config-and-connect', ok: false, detail: err.message, hint: err.hint });
+      const id = err.exitCode === ExitCode.config ? 'config' : err.exitCode === ExitCode.source ? 'blue' : err.exitCode === ExitCode.target ? 'green' : 'config-and-connect';
+      checks.push({ id, ok: false, detail: err.message, hint: err.hint, exitCode: err.exitCode });
     }
   }
-  const ok = checks.every((c) => c.ok);
-  const exitCode = ok ? ExitCode.ok : ExitCode.state;
+  const exitCode = doctorExitCode(checks);
+  const ok = exitCode === ExitCode.ok;
+  // A hint is advice for a failure; on a passing check it would read as a warning.
+  const shown = checks.map(({ exitCode: _code, ...c }) => (c.ok ? { id: c.id, ok: c.ok, detail: c.detail } : c));
   const text = [
-    table([['check', 'ok', 'detail'], ...checks.map((c) => [c.id, c.ok ? 'yes' : 'NO', c.detail])]),
-    ...checks.filter((c) => !c.ok && c.hint).map((c) => `fix ${c.id}: ${c.hint}`),
+    table([['check', 'ok', 'detail'], ...shown.map((c) => [c.id, c.ok ? 'yes' : 'NO', c.detail])]),
+    ...shown.filter((c) => !c.ok && c.hint).map((c) => `fix ${c.id}: ${c.hint}`),
     ok ? 'doctor: all checks passed' : 'doctor: some checks failed',
   ];
-  return { exitCode, json: { ok, exitCode, checks }, text: text.join('\n') };
+  return { exitCode, json: { ok, exitCode, checks: shown }, text: text.join('\n') };
 }

@@ -2,14 +2,15 @@
 // one is configured) into the live side. Safe to run any number of times: it resumes from its
 // high-water mark and replay is deduplicated by event id.
 
-import { loadConfig, type ResolvedConfig } from '../config/load.ts';
+import { loadConfig } from '../config/load.ts';
 import { connect, moreConnections, type Db } from '../db/connect.ts';
 import { redactValues } from '../db/redact.ts';
-import { ConfigError, ExitCode, StateError } from '../errors.ts';
-import { HttpQueue } from '../queue/http.ts';
-import type { RevocationQueue } from '../queue/queue.ts';
+import { ExitCode, FindingsError, StateError } from '../errors.ts';
+import { queueFromConfig } from '../queue/from-config.ts';
 import type { ReplayProfile } from '../replay/semantics.ts';
 import { drain, type DrainStats } from '../steps/drain.ts';
+import { latestRun } from '../state/journal.ts';
+import { assertGreenIdentity, identityGuardrails, identityRefusal } from '../cutover/guardrails.ts';
 import type { CommandResult } from './result.ts';
 
 /** Flags of `migrate drain`. */
@@ -28,40 +29,45 @@ export interface DrainFlags {
   jobs?: number;
 }
 
-/** The queue from config, with its secrets resolved from the environment; null when none is configured. */
-export function queueFromConfig(config: ResolvedConfig, env: NodeJS.ProcessEnv = process.env): { queue: RevocationQueue; hmacKey: string; visibilityTimeoutMs: number; secrets: string[] } | null {
-  const q = config.raw.queue;
-  if (q.kind === 'none') return null;
-  const issues: { path: string; message: string }[] = [];
-  const secret = (key: 'token' | 'hmacKey'): string => {
-    const name = q[key].slice(4);
-    const value = env[name];
-    if (!value) issues.push({ path: `queue.${key}`, message: `environment variable ${name} is not set` });
-    return value ?? '';
-  };
-  const token = secret('token');
-  const hmacKey = secret('hmacKey');
-  if (issues.length) throw new ConfigError(config.file, issues, 'export the named variables (the queue token and the router HMAC key) and run `migrate drain` again');
-  return {
-    queue: new HttpQueue({ accountId: q.accountId, queueId: q.queueId, token, ...(q.baseUrl ? { baseUrl: q.baseUrl } : {}) }),
-    hmacKey,
-    visibilityTimeoutMs: q.visibilityTimeoutMs,
-    secrets: [token, hmacKey],
-  };
-}
-
 async function hasOutbox(db: Db): Promise<boolean> {
   const { rows } = await db.query<{ ok: boolean }>("SELECT to_regclass('bluegreen.outbox') IS NOT NULL AS ok");
   return rows[0]?.ok === true;
 }
 
-function text(s: DrainStats, into: string): string {
-  const rejected = Object.entries(s.rejected).map(([k, v]) => `${k} ${v}`).join(', ') || 'none';
+const counts = (c: Partial<Record<string, number>>): string => Object.entries(c).map(([k, v]) => `${k} ${v}`).join(', ') || 'none';
+
+function text(s: DrainStats, into: string, deadLetterQueue: boolean): string {
+  const d = s.deadLetters;
   return [
     `drained into ${into}: ${s.applied} applied, ${s.duplicates} already applied (duplicates)`,
     `outbox: ${s.outboxRead} events read, high-water mark ${s.outboxMark}`,
-    `queue: ${s.queueRead} messages applied; rejected (left for the dead-letter queue): ${rejected}`,
-  ].join('\n');
+    `queue: ${s.queueRead} messages applied; rejected (left for the dead-letter queue): ${counts(s.rejected)}`,
+    deadLetterQueue ? `dead-letter queue: ${d.read} read, ${d.replayed} replayed and acked, kept on the queue: ${counts(d.kept)}` : '',
+    ...d.keptMessages.map((k) => `  kept ${k.id}: ${k.reason}${k.workerReason ? ` (consumer Worker said ${k.workerReason})` : ''}: ${k.detail}`),
+  ].filter(Boolean).join('\n');
+}
+
+/** Exit 5 when dead letters were kept: everything else was replayed, but an operator must look at them. */
+function keptFindings(s: DrainStats): FindingsError | null {
+  const n = s.deadLetters.keptMessages.length;
+  if (!n) return null;
+  return new FindingsError(
+    `${n} dead letter(s) do not verify and were kept on the dead-letter queue (${counts(s.deadLetters.kept)}); everything else was replayed`,
+    'they are listed above by id and reason and stay on the dead-letter queue (drain never acks them); a bad-signature letter is an incident: find who holds the router HMAC key; never purge the dead-letter queue before they are reviewed (runbooks/revocation-queue.md, "Dead letters")',
+    { kept: s.deadLetters.keptMessages.map(({ id, reason }) => ({ id, reason })) },
+  );
+}
+
+/**
+ * The green a drain writes to (or reads from, into blue) must be the one the newest real run copied:
+ * draining a rehearsal's green, or a green the run never touched, would replay revocations where no
+ * traffic goes. Without any run (an outbox installed by hand) there is nothing to compare.
+ */
+async function assertDrainGreen(blue: Db, green: Db, greenDsn: string): Promise<void> {
+  const run = await latestRun(blue, { kind: 'real' });
+  if (run) return assertGreenIdentity('drain', green, run, greenDsn);
+  const rehearsal = await latestRun(blue, { kind: 'rehearsal' });
+  if (rehearsal) throw identityRefusal('drain', rehearsal, greenDsn, await identityGuardrails(green, rehearsal, greenDsn));
 }
 
 /** Runs `migrate drain`. */
@@ -78,12 +84,17 @@ export async function drainCommand(flags: DrainFlags): Promise<CommandResult> {
     const target = await connect(into, targetDsn);
     const moreTargets: Db[] = [];
     try {
+      const [blue, green] = from === 'blue' ? [source, target] : [target, source];
+      await assertDrainGreen(blue, green, config.greenDsn);
       if (!(await hasOutbox(source))) {
         throw new StateError(`no revocation outbox on ${from}`, from === 'blue' ? 'run `migrate apply` first (its capture step installs the outbox)' : 'capture on green is installed by cutover; run `migrate cutover` before draining into blue');
       }
       moreTargets.push(...(await moreConnections(into, targetDsn, (flags.jobs ?? config.raw.replay.jobs) - 1)));
       const stats = await drain({ source, sourceSide: from, target, moreTargets, profile, queue: queue ?? undefined, ...(flags.batchSize ? { batchSize: flags.batchSize } : {}), progress: (line) => process.stderr.write(`${redactValues(line, secrets)}\n`) });
-      return { exitCode: ExitCode.ok, json: { ok: true, exitCode: ExitCode.ok, into, from, profile, drain: stats }, text: text(stats, into) };
+      const kept = keptFindings(stats);
+      const report = text(stats, into, !!queue?.deadLetters);
+      if (kept) return { exitCode: kept.exitCode, json: { ok: false, exitCode: kept.exitCode, into, from, profile, drain: stats, error: kept.toJSON() }, text: `${report}\nerror: ${kept.message}\nhint: ${kept.hint}` };
+      return { exitCode: ExitCode.ok, json: { ok: true, exitCode: ExitCode.ok, into, from, profile, drain: stats }, text: report };
     } finally {
       await Promise.all([target, ...moreTargets].map((c) => c.end().catch(() => {})));
     }

@@ -3,6 +3,7 @@
 import { withDb } from '../db/connect.ts';
 import { loadConfig } from '../config/load.ts';
 import { listQuarantine, restoreQuarantine } from '../db/quarantine.ts';
+import { UsageError } from '../errors.ts';
 import { table, type CommandResult } from './result.ts';
 import type { CommonOptions } from './session.ts';
 
@@ -15,10 +16,21 @@ export async function quarantineListCommand(flags: CommonOptions): Promise<Comma
   return { exitCode: 0, json: { ok: true, exitCode: 0, rows: total, entries: held }, text };
 }
 
-/** Runs `migrate quarantine restore [--rule R]`. */
+/** Runs `migrate quarantine restore [--rule R]`; a rule that holds no rows is a usage error (exit 1), never a silent success. */
 export async function quarantineRestoreCommand(flags: CommonOptions & { rule?: string }): Promise<CommandResult> {
   const config = loadConfig(flags.config);
-  const restored = await withDb('green', config.greenDsn, (db) => restoreQuarantine(db, flags.rule));
+  const restored = await withDb('green', config.greenDsn, async (db) => {
+    if (flags.rule !== undefined) {
+      const rules = [...new Set((await listQuarantine(db)).map((q) => q.rule))];
+      if (!rules.includes(flags.rule)) {
+        throw new UsageError(
+          `no quarantined rows under rule "${flags.rule}"`,
+          rules.length ? `pass one of the rules that hold rows: ${rules.join(', ')} (\`migrate quarantine list --config ${flags.config}\`)` : 'the quarantine is empty: there is nothing to restore',
+        );
+      }
+    }
+    return restoreQuarantine(db, flags.rule);
+  });
   const total = Object.values(restored).reduce((a, b) => a + b, 0);
   const text = total ? `${table(Object.entries(restored).map(([t, n]) => [t, String(n)]))}\nrestored: ${total} row(s)` : 'nothing to restore';
   return { exitCode: 0, json: { ok: true, exitCode: 0, restored, rows: total }, text };

@@ -1,7 +1,10 @@
 // `migrate rollback`: shows, from the journal, which targets are live on green, and rolls them back
-// newest commit first with the values their prepare read; then restores the TTL lever.
+// newest commit first with the values their prepare read; then restores the TTL lever. Refuses
+// (exit 3) when green.dsn does not name the green the run cut over to: its sql targets on `green`
+// would otherwise be "rolled back" in a database that was never cut over.
 
 import { rollbackTargets } from '../cutover/coordinator.ts';
+import { assertGreenIdentity } from '../cutover/guardrails.ts';
 import { kvFromEnv } from '../cutover/kv-env.ts';
 import { LIVE_STATES, leverRecord, journalTargetLog, targetRecords } from '../cutover/state.ts';
 import { ExitCode, StateError, UsageError } from '../errors.ts';
@@ -14,8 +17,9 @@ import { withContext, type CommonOptions } from './session.ts';
 /** Runs `migrate rollback [--yes]`: without --yes it only shows what it would undo. */
 export async function rollbackCommand(flags: CommonOptions & { yes?: boolean }): Promise<CommandResult> {
   return withContext({ config: flags.config }, async (ctx) => {
-    const run = await latestRun(ctx.blue);
+    const run = await latestRun(ctx.blue, { kind: 'real' });
     if (!run) throw new StateError('there is no run to roll back', 'nothing was cut over; `migrate status` shows the state');
+    await assertGreenIdentity('rollback', ctx.green, run, ctx.config.greenDsn);
     const journal = new Journal(ctx.blue, run.run_id);
     const records = await targetRecords(journal);
     const live = records.filter((r) => LIVE_STATES.has(r.state)).sort((a, b) => (b.order ?? 0) - (a.order ?? 0));

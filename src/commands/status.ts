@@ -1,19 +1,29 @@
-// `migrate status`: the newest run, its journal, and what green holds.
+// `migrate status`: the newest real run, its journal, and what green holds. A rehearsal
+// (`apply --dry-run`) is never shown as the run: it is mentioned in one line when it is newer, so
+// nobody reads a rehearsal's "done" as the state of the upgrade they are about to cut over.
 
 import { readMarker } from '../db/green.ts';
 import { listQuarantine } from '../db/quarantine.ts';
 import { cutoverLines, leverRecord, targetRecords } from '../cutover/state.ts';
-import { Journal, latestRun } from '../state/journal.ts';
+import { Journal, latestRun, type RunRow } from '../state/journal.ts';
 import { table, type CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
+
+/** The one line naming a rehearsal, e.g. "rehearsal run X (dry run) into G: done". */
+export function rehearsalLine(r: RunRow): string {
+  return `rehearsal run ${r.run_id} (dry run) into ${r.green_target}: ${r.status}`;
+}
 
 /** Runs `migrate status`. */
 export async function statusCommand(flags: CommonOptions): Promise<CommandResult> {
   return withContext({ config: flags.config }, async (ctx) => {
-    const run = await latestRun(ctx.blue);
+    const run = await latestRun(ctx.blue, { kind: 'real' });
+    const newest = await latestRun(ctx.blue, { kind: 'rehearsal' });
+    const rehearsal = newest && (!run || newest.started_at > run.started_at) ? newest : null;
     const marker = await readMarker(ctx.green);
     if (!run) {
-      return { exitCode: 0, json: { ok: true, exitCode: 0, run: null, green: marker }, text: 'no run yet: start with `migrate plan`, then `migrate apply`' };
+      const text = ['no run yet: start with `migrate plan`, then `migrate apply`', rehearsal ? rehearsalLine(rehearsal) : ''].filter(Boolean).join('\n');
+      return { exitCode: 0, json: { ok: true, exitCode: 0, run: null, rehearsal, green: marker }, text };
     }
     const rows = await new Journal(ctx.blue, run.run_id).rows();
     const steps = rows.filter((r) => r.unit === '');
@@ -28,7 +38,8 @@ export async function statusCommand(flags: CommonOptions): Promise<CommandResult
       `quarantined rows: ${quarantine.reduce((a, q) => a + q.rows, 0)}`,
       ...cutoverLines(cutover.targets, cutover.lever),
       run.status === 'failed' || run.status === 'running' ? 'next: fix the cause, then `migrate apply --resume`' : '',
+      rehearsal ? rehearsalLine(rehearsal) : '',
     ].filter(Boolean);
-    return { exitCode: 0, json: { ok: true, exitCode: 0, run, steps, units, green: marker, quarantine, cutover }, text: text.join('\n') };
+    return { exitCode: 0, json: { ok: true, exitCode: 0, run, rehearsal, steps, units, green: marker, quarantine, cutover }, text: text.join('\n') };
   });
 }

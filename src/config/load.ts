@@ -1,11 +1,13 @@
 // Reads the config file, checks it, resolves `env:NAME` secrets, and fills profile defaults.
-// Nothing here touches a database: a bad config must fail before any connection is opened.
+// Nothing here touches a database: a bad config must fail before any connection is opened, with
+// every problem (schema, unset variables, missing folders, unsafe SQL) reported in one round.
 
 import fs from 'node:fs';
 import path from 'node:path';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
 import { configSchema, type CaptureTable, type CleanupRule, type Config } from './schema.ts';
 import { profileDefaults } from './profiles.ts';
+import { checkSqlFragment, SHAPE_HINT, type SqlShape } from './sql-fragment.ts';
 
 /** A checked config with secrets resolved; `secrets` lists values that must never be printed. */
 export interface ResolvedConfig {
@@ -49,43 +51,30 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
 /** Checks an already-parsed config object (used by `demo` and tests). */
 export function resolveConfig(json: unknown, file: string, env: NodeJS.ProcessEnv = process.env): ResolvedConfig {
   const parsed = configSchema.safeParse(json);
-  if (!parsed.success) {
-    throw new ConfigError(file, parsed.error.issues.map(issueOf));
-  }
-  const raw = parsed.data;
-  const issues: ConfigIssue[] = [];
+  // Everything below reads the raw JSON, so one round reports schema errors, unset variables,
+  // missing folders and unsafe SQL together, even when zod has already refused the file.
+  const issues: ConfigIssue[] = parsed.success ? [] : parsed.error.issues.map(issueOf);
   const secrets: string[] = [];
-  const resolveDsn = (side: 'blue' | 'green'): string => {
-    const value = raw[side].dsn;
-    if (!value.startsWith('env:')) return value;
-    const name = value.slice(4);
-    const resolved = env[name];
-    if (!resolved) {
-      issues.push({ path: `${side}.dsn`, message: `environment variable ${name} is not set` });
-      return '';
-    }
-    try {
-      const pw = new URL(resolved).password;
-      if (pw) secrets.push(decodeURIComponent(pw));
-    } catch {
-      issues.push({ path: `${side}.dsn`, message: `environment variable ${name} does not hold a postgres:// URL` });
-    }
+  const values = resolveEnvRefs(json, env, issues, secrets);
+  const dsnOf = (side: 'blue' | 'green'): string => {
+    const written = at(json, [side, 'dsn']);
+    if (typeof written !== 'string') return '';
+    if (!ENV_REF.test(written)) return written;
+    const resolved = values.get(`${side}.dsn`) ?? '';
+    if (resolved && !isUrl(resolved)) issues.push({ path: `${side}.dsn`, message: `environment variable ${written.slice(4)} does not hold a postgres:// URL` });
     return resolved;
   };
-  const blueDsn = resolveDsn('blue');
-  const greenDsn = resolveDsn('green');
+  const blueDsn = dsnOf('blue');
+  const greenDsn = dsnOf('green');
   if (blueDsn && blueDsn === greenDsn) issues.push({ path: 'green.dsn', message: 'green must be a different database from blue' });
-
-  const base = path.dirname(file);
-  let migrationsDir: string | null = null;
-  if (raw.migrations.kind !== 'command') {
-    migrationsDir = path.resolve(base, raw.migrations.dir);
-    if (!fs.existsSync(migrationsDir) || !fs.statSync(migrationsDir).isDirectory()) {
-      issues.push({ path: 'migrations.dir', message: `folder ${migrationsDir} does not exist` });
-    }
+  const migrationsDir = checkMigrationsDir(json, file, issues);
+  issues.push(...sqlIssues(json));
+  if (!parsed.success || issues.length) {
+    const unset = issues.some((i) => i.message.startsWith('environment variable'));
+    throw new ConfigError(file, issues, unset ? `export the named environment variables and fix the listed keys in ${file}, then run the command again` : undefined);
   }
-  if (issues.length) throw new ConfigError(file, issues);
 
+  const raw = parsed.data;
   const defaults = profileDefaults(raw.profile);
   return {
     file,
@@ -97,6 +86,96 @@ export function resolveConfig(json: unknown, file: string, env: NodeJS.ProcessEn
     captureTables: raw.capture.tables ?? defaults.captureTables,
     secrets,
   };
+}
+
+const ENV_REF = /^env:[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** The value at `keys` inside raw JSON, or undefined. */
+function at(json: unknown, keys: readonly (string | number)[]): unknown {
+  let node = json;
+  for (const k of keys) {
+    if (!node || typeof node !== 'object') return undefined;
+    node = (node as Record<string | number, unknown>)[k];
+  }
+  return node;
+}
+
+function isUrl(value: string): boolean {
+  try {
+    new URL(value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Every `env:NAME` string anywhere in the file (targets, lever, probes, queue, ...), found by walking
+ * the JSON rather than a list of paths that would miss the next section someone adds. Unset or empty
+ * is an issue at its dotted path; a set value is returned by path and remembered for redaction.
+ */
+function resolveEnvRefs(json: unknown, env: NodeJS.ProcessEnv, issues: ConfigIssue[], secrets: string[]): Map<string, string> {
+  const values = new Map<string, string>();
+  const visit = (node: unknown, path: string): void => {
+    if (typeof node === 'string') {
+      if (!ENV_REF.test(node)) return;
+      const name = node.slice(4);
+      const value = env[name];
+      if (!value) return void issues.push({ path, message: `environment variable ${name} is ${value === undefined ? 'not set' : 'empty'}; export it before running migrate` });
+      values.set(path, value);
+      secrets.push(...secretsIn(value));
+    } else if (Array.isArray(node)) {
+      node.forEach((v, i) => visit(v, path ? `${path}.${i}` : String(i)));
+    } else if (node && typeof node === 'object') {
+      for (const [k, v] of Object.entries(node)) visit(v, path ? `${path}.${k}` : k);
+    }
+  };
+  visit(json, '');
+  return values;
+}
+
+/** What of an environment value must never be printed: a URL's password (its host may be shown), else the whole value (a token or key). */
+function secretsIn(value: string): string[] {
+  try {
+    const password = new URL(value).password;
+    return password ? [decodeURIComponent(password)] : [];
+  } catch {
+    return [value];
+  }
+}
+
+/** The migrations folder resolved against the config file's folder; an issue when it is missing. */
+function checkMigrationsDir(json: unknown, file: string, issues: ConfigIssue[]): string | null {
+  const kind = at(json, ['migrations', 'kind']);
+  const dir = at(json, ['migrations', 'dir']);
+  if (kind === 'command' || typeof dir !== 'string' || dir === '') return null;
+  const abs = path.resolve(path.dirname(file), dir);
+  if (!fs.existsSync(abs) || !fs.statSync(abs).isDirectory()) issues.push({ path: 'migrations.dir', message: `folder ${abs} does not exist` });
+  return abs;
+}
+
+/** SQL the config contributes to read-only queries, checked with the real parser (src/config/sql-fragment.ts). */
+function sqlIssues(json: unknown): ConfigIssue[] {
+  const out: ConfigIssue[] = [];
+  const check = (value: unknown, where: string, shape: SqlShape, what: string): void => {
+    if (typeof value !== 'string' || value.trim() === '') return;
+    const verdict = checkSqlFragment(value, shape);
+    if (!verdict.ok) out.push({ path: where, message: `${what} ${verdict.problem}; ${SHAPE_HINT[shape]}` });
+  };
+  const list = (keys: readonly (string | number)[]): unknown[] => {
+    const v = at(json, keys);
+    return Array.isArray(v) ? v : [];
+  };
+  list(['cleanup', 'rules']).forEach((r, i) => check(at(r, ['where']), `cleanup.rules.${i}.where`, 'predicate', `cleanup rule ${JSON.stringify(at(r, ['name']) ?? i)}: where`));
+  list(['invariants']).forEach((inv, i) => {
+    const name = JSON.stringify(at(inv, ['name']) ?? i);
+    for (const side of ['blue', 'green']) check(at(inv, [side]), `invariants.${i}.${side}`, 'query', `invariant ${name}: the ${side} query`);
+    list(['invariants', i, 'quarantine']).forEach((q, k) => check(at(q, ['key']), `invariants.${i}.quarantine.${k}.key`, 'expression', `invariant ${name}: quarantine key`));
+  });
+  list(['watch', 'probes']).forEach((p, i) => {
+    if (at(p, ['kind']) === 'sql') check(at(p, ['sql']), `watch.probes.${i}.sql`, 'query', `watch probe ${JSON.stringify(at(p, ['name']) ?? i)}: sql`);
+  });
+  return out;
 }
 
 function issueOf(issue: { path: PropertyKey[]; message: string; code: string; keys?: string[] }): ConfigIssue {

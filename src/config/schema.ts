@@ -36,7 +36,7 @@ const qualifiedTable = z.string().regex(/^[^.\s]+\.[^.\s]+$/, 'write the table a
 export const cleanupRuleSchema = z.strictObject({
   name: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, 'use lower-case letters, digits and dashes'),
   table: qualifiedTable,
-  where: z.string().min(1).describe('SQL predicate over alias t'),
+  where: z.string().min(1).describe('one boolean SQL expression over alias t (checked with the Postgres parser: no ;, comments, statements, or functions that change anything)'),
   reason: z.string().min(1),
 });
 
@@ -70,6 +70,7 @@ export const queueSchema = z.discriminatedUnion('kind', [
     kind: z.literal('cloudflare-http'),
     accountId: z.string().min(1),
     queueId: z.string().min(1).describe('the queue id, not its name'),
+    deadLetterQueueId: z.string().min(1).optional().describe('id of the dead-letter queue: `migrate drain` replays its dead letters that verify and keeps (never acks) the rest'),
     token: envRef.describe('API token with Queues Edit permission'),
     hmacKey: envRef.describe('secret the router signs messages with'),
     baseUrl: z.url().optional().describe('API base (default https://api.cloudflare.com/client/v4)'),

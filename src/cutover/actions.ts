@@ -2,8 +2,8 @@
 // read and how long it took. Targets, the lever and watch probes all run through here, so a probe
 // behaves exactly like the action an operator would run by hand.
 
-import { connect } from '../db/connect.ts';
-import { redact } from '../db/redact.ts';
+import { connect, type Db } from '../db/connect.ts';
+import { describeDsn, redact } from '../db/redact.ts';
 import type { ActionSpec, CommandAction, HttpAction, KvAction, SqlAction } from './schema.ts';
 import type { KvResolver } from './kv.ts';
 import { runArgv } from './process.ts';
@@ -64,9 +64,20 @@ function aborted(signal: AbortSignal | undefined): Promise<never> {
   });
 }
 
+async function openDatabase(ref: string, env: ActionEnv): Promise<Db> {
+  const dsn = databaseDsn(ref, env);
+  if (ref === 'blue' || ref === 'green') return connect(ref, dsn, 'migrate-cutover');
+  // connect() words its errors for blue and green; an env: database is neither, so name it as configured.
+  try {
+    return await connect('green', dsn, 'migrate-cutover');
+  } catch (err) {
+    const code = ((err as Error).cause as { code?: string } | undefined)?.code;
+    throw new Error(`cannot connect to ${ref} at ${describeDsn(dsn)} (${code ?? (err as Error).message})`);
+  }
+}
+
 async function runSql(a: SqlAction, env: ActionEnv, saved: string | null, signal?: AbortSignal): Promise<string | null> {
-  const side = a.database === 'blue' ? 'blue' : 'green';
-  const db = await connect(side, databaseDsn(a.database, env), 'migrate-cutover');
+  const db = await openDatabase(a.database, env);
   try {
     const work = db.query({ text: a.sql, values: a.params.map((p) => (p === SAVED ? saved : fill(p, saved))), rowMode: 'array' });
     const res = await Promise.race([work, aborted(signal)]);

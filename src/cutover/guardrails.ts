@@ -1,10 +1,16 @@
-// Guardrails checked before any target is committed: green migrated and validated (journal),
-// capture active on blue, drain backlog below the threshold, no blocking findings. Each check is a
-// sentence with its verdict, so `apply --dry-run` can print them and `cutover` can refuse.
+// Guardrails checked before any target is committed: the run is a real run (not a rehearsal), the
+// configured green is the green that run copied and carries its marker, green migrated and validated
+// (journal), capture active on blue, drain backlog below the threshold, no blocking findings. Each
+// check is a sentence with its verdict, so `apply --dry-run` can print them and `cutover` can refuse.
+// The identity checks exist because the journal describes one green: passing the other guardrails
+// from a run's journal says nothing about a different database that green.dsn may name today.
 
 import type { ResolvedConfig } from '../config/load.ts';
 import { query, type Db } from '../db/connect.ts';
-import type { Journal } from '../state/journal.ts';
+import { readMarker } from '../db/green.ts';
+import { describeDsn } from '../db/redact.ts';
+import { StateError } from '../errors.ts';
+import { isRehearsal, type Journal, type RunRow } from '../state/journal.ts';
 import { CAPTURE_TRIGGERS } from '../steps/capture.ts';
 
 /** A failed earlier cutover attempt (already rolled back) does not block the next one. */
@@ -16,7 +22,7 @@ export type BacklogFn = () => Promise<number>;
 /** One guardrail's verdict. */
 export interface Guardrail {
   /** Short id. */
-  id: 'green-validated' | 'capture-active' | 'drain-backlog' | 'no-blocking-findings';
+  id: IdentityGuardrailId | 'green-validated' | 'capture-active' | 'drain-backlog' | 'no-blocking-findings';
   /** Whether it holds. */
   ok: boolean;
   /** What was found. */
@@ -37,9 +43,66 @@ export function outboxBacklog(blue: Db, green: Db): BacklogFn {
   };
 }
 
-/** Evaluates every guardrail (read-only). */
-export async function checkGuardrails(blue: Db, journal: Journal, config: ResolvedConfig, backlog: BacklogFn): Promise<Guardrail[]> {
-  const out: Guardrail[] = [];
+/** Guardrails that tie the run to the database green.dsn names today; a failing one is exit 3. */
+export type IdentityGuardrailId = 'real-run' | 'green-is-run-target' | 'green-marker';
+
+const IDENTITY_IDS: ReadonlySet<Guardrail['id']> = new Set<IdentityGuardrailId>(['real-run', 'green-is-run-target', 'green-marker']);
+
+/** True for the guardrails that say "this is not the run or the green you think" (exit 3, never 5). */
+export function isIdentityGuardrail(g: Guardrail): boolean {
+  return IDENTITY_IDS.has(g.id);
+}
+
+/**
+ * Whether `run` may act on the green `greenDsn` names (read-only): a real run, whose recorded
+ * green_target is the configured green, and whose run id green's marker carries.
+ */
+export async function identityGuardrails(green: Db, run: RunRow, greenDsn: string): Promise<Guardrail[]> {
+  const configured = describeDsn(greenDsn);
+  const marker = await readMarker(green);
+  return [
+    {
+      id: 'real-run',
+      ok: !isRehearsal(run),
+      detail: isRehearsal(run) ? `run ${run.run_id} is a rehearsal (\`apply --dry-run\` into ${run.green_target}); a rehearsal is never cut over` : `run ${run.run_id} is a real run`,
+    },
+    {
+      id: 'green-is-run-target',
+      ok: configured === run.green_target,
+      detail: configured === run.green_target ? `green.dsn names ${configured}, the green run ${run.run_id} copied` : `green.dsn names ${configured}, but run ${run.run_id} copied into ${run.green_target}`,
+    },
+    {
+      id: 'green-marker',
+      ok: marker?.run_id === run.run_id,
+      detail: marker?.run_id === run.run_id
+        ? `green's marker names run ${run.run_id}`
+        : `green ${configured} ${marker ? `carries the marker of run ${marker.run_id}` : 'carries no marker of ours'}, not of run ${run.run_id}`,
+    },
+  ];
+}
+
+/** The refusal for failed identity guardrails: exit 3, naming both greens and the fix. */
+export function identityRefusal(what: string, run: RunRow, greenDsn: string, guardrails: readonly Guardrail[]): StateError {
+  const failed = guardrails.filter((g) => !g.ok);
+  const configured = describeDsn(greenDsn);
+  const ids = new Set(failed.map((g) => g.id));
+  const hint = ids.has('real-run')
+    ? `nothing was changed; run \`migrate apply\` (without --dry-run) into ${configured}, then \`migrate ${what}\``
+    : ids.has('green-is-run-target')
+      ? `nothing was changed; point green.dsn back at ${run.green_target} (the green run ${run.run_id} copied and validated)${what === 'cutover' ? `, or run \`migrate apply\` into ${configured} first` : ''}`
+      : `nothing was changed; ${configured} does not hold run ${run.run_id}'s copy: point green.dsn at the green that does${what === 'cutover' ? ', or rebuild this one with `migrate apply --restart`' : ''}`;
+  return new StateError(`${what} refused (${failed.map((g) => g.id).join(', ')}):\n  ${failed.map((g) => `${g.id}: ${g.detail}`).join('\n  ')}`, hint, { runId: run.run_id, runGreen: run.green_target, configuredGreen: configured, guardrails });
+}
+
+/** Throws identityRefusal when `run` may not act on the configured green (`migrate rollback`, `migrate drain`). */
+export async function assertGreenIdentity(what: string, green: Db, run: RunRow, greenDsn: string): Promise<void> {
+  const guardrails = await identityGuardrails(green, run, greenDsn);
+  if (guardrails.some((g) => !g.ok)) throw identityRefusal(what, run, greenDsn, guardrails);
+}
+
+/** Evaluates every guardrail (read-only); the identity ones come first. */
+export async function checkGuardrails(blue: Db, green: Db, journal: Journal, config: ResolvedConfig, backlog: BacklogFn): Promise<Guardrail[]> {
+  const out: Guardrail[] = await identityGuardrails(green, await journal.run(), config.greenDsn);
   const migrated = (await journal.done('migrate')).has('');
   const validation = (await journal.done('validate')).get('')?.validation as { passed?: boolean; failures?: string[] } | undefined;
   out.push({

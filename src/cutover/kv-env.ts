@@ -2,11 +2,18 @@
 // persistence directory when BLUEGREEN_KV_PERSIST is set (the local demo and end-to-end tests,
 // where the router Worker reads the same persisted namespace).
 
-import { Miniflare } from 'miniflare';
+import { StateError } from '../errors.ts';
 import { kvNamespaceStore, wranglerKv, type KvResolver, type KvStore } from './kv.ts';
 
 /** A KV store over a Miniflare instance persisted at `dir`; `dispose` closes it. */
 export async function miniflareKv(dir: string, binding = 'ROUTES'): Promise<{ store: KvStore; dispose: () => Promise<void> }> {
+  // Miniflare is a dev dependency: loaded only for a local store, so a production install never needs it.
+  const { Miniflare } = await import('miniflare').catch((err: unknown) => {
+    throw new StateError(
+      `BLUEGREEN_KV_PERSIST=${dir} asks for a local Miniflare KV store, but miniflare is not installed (${(err as Error).message.split('\n')[0]})`,
+      'unset BLUEGREEN_KV_PERSIST to use Workers KV through wrangler (production), or install the dev dependencies with `npm ci`',
+    );
+  });
   const mf = new Miniflare({ modules: true, script: 'export default {fetch(){return new Response()}}', kvNamespaces: [binding], kvPersist: dir });
   const ns = await mf.getKVNamespace(binding);
   return { store: kvNamespaceStore(ns as unknown as Parameters<typeof kvNamespaceStore>[0]), dispose: () => mf.dispose() };

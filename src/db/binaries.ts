@@ -21,12 +21,21 @@ export interface BinaryInfo {
 export async function binaryVersion(name: string): Promise<BinaryInfo | null> {
   try {
     const { stdout } = await execFileAsync(name, ['--version'], { timeout: 10_000 });
-    const match = /(\d+)(?:\.(\d+))?/.exec(stdout.replace(/^[^)]*\)/, ''));
-    if (!match) return null;
-    return { name, version: match[0], major: Number(match[1]) };
+    const found = parseVersion(stdout);
+    return found && { name, ...found };
   } catch {
     return null;
   }
+}
+
+/**
+ * The version in a `--version` banner: after the word "version" when there is one (pgcopydb prints
+ * its build platform, and "x86_64" once read as version 86), else the first dotted number.
+ */
+export function parseVersion(banner: string): { version: string; major: number } | null {
+  const match = /\bversion\s+v?(\d+(?:\.\d+)*)/i.exec(banner) ?? /(?<![\w.])(\d+(?:\.\d+)+)/.exec(banner) ?? /(?<![\w.])(\d+)(?![\w.])/.exec(banner);
+  if (!match?.[1]) return null;
+  return { version: match[1], major: Number(match[1].split('.')[0]) };
 }
 
 /** PG* environment variables for a DSN, so child processes get credentials without argv. */

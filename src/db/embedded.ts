@@ -30,6 +30,10 @@ export interface LocalCluster {
   dsn(database?: string): string;
   /** Stops the server and removes its data directory. */
   stop(): Promise<void>;
+  /** The server's data directory (drills stop the server behind the tool's back with `pg_ctl -D`). */
+  dataDir: string;
+  /** Starts the server again on the same data directory and port after something else stopped it. */
+  restart(): Promise<void>;
 }
 
 /** Asks the kernel for a free TCP port on loopback. */
@@ -95,6 +99,8 @@ export async function startCluster(opts: StartClusterOptions): Promise<LocalClus
         await pg.stop().catch(() => {});
         fs.rmSync(base, { recursive: true, force: true });
       },
+      dataDir: path.join(base, `data-${attempt}`),
+      restart: () => pg.start(),
     };
   }
   fs.rmSync(base, { recursive: true, force: true });

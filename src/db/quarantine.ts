@@ -22,12 +22,19 @@ export async function installQuarantine(db: Db): Promise<void> {
   await query(db, SETUP_SQL);
 }
 
-/** Runs `fn` with the quarantine helpers (e.g. is_json) available but leaves no trace: everything is rolled back. */
+/**
+ * Runs `fn` inside a READ ONLY transaction with the quarantine helpers (e.g. is_json) available, and
+ * rolls everything back. Rule SQL comes from the config and from migration DDL; whatever slipped past
+ * the config check (a volatile user function, an operator with side effects) still cannot write.
+ * The helpers are installed first because read-only cannot be lifted once set; going read-only
+ * mid-transaction is allowed. Nothing may evaluate rule SQL on blue outside this.
+ */
 export async function withEphemeralHelpers<T>(db: Db, fn: () => Promise<T>): Promise<T> {
   await query(db, 'BEGIN');
   try {
     const { rows } = await query<{ ok: boolean }>(db, `SELECT to_regnamespace('${QUARANTINE_SCHEMA}') IS NOT NULL AS ok`);
     if (!rows[0]?.ok) await query(db, SETUP_SQL);
+    await query(db, 'SET LOCAL transaction_read_only = on');
     return await fn();
   } finally {
     await db.query('ROLLBACK').catch(() => {});

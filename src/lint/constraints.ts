@@ -4,6 +4,7 @@
 // that would make a migration fail before anything runs. It also resolves what a
 // `DROP INDEX ... CASCADE` silently drops (from the catalog) and whether a later migration re-adds it.
 
+import { checkSqlFragment } from '../config/sql-fragment.ts';
 import type { Db } from '../db/connect.ts';
 import { ident, qualified, tableKey, type TableRef } from '../db/sql.ts';
 import { findNodes, names, relative, slice, tableOf, tokens, type Ast, type ParsedFile, type ParsedStatement } from './parse.ts';
@@ -191,7 +192,7 @@ export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promis
       d.readdedAs = again?.name ?? null;
     }
   }
-  return { checks, cascades };
+  return { checks: checks.map(plainPredicate), cascades };
 
   function checkConstraint(t: TableRef, con: Ast, s: ParsedStatement, origin: string): void {
     const expr = parenthesized(s, relative(s, con.location), 'CHECK');
@@ -201,6 +202,17 @@ export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promis
     if (!expr || !refs.every((c: string) => has(t, c))) return void checks.push({ ...base, where: null, note: 'its columns are added by the migrations' });
     checks.push({ ...base, where: `(${expr}) IS FALSE` });
   }
+}
+
+/**
+ * A check's SQL partly comes from the migration's text (a CHECK expression, a USING clause) and is
+ * evaluated on blue; one that is not a single plain predicate (a comment, a side-effecting call) is
+ * reported as not checkable instead of being run.
+ */
+function plainPredicate(c: DerivedCheck): DerivedCheck {
+  if (c.where === null) return c;
+  const verdict = checkSqlFragment(c.where, 'predicate');
+  return verdict.ok ? c : { ...c, where: null, note: `its SQL, taken from the migration, is not one plain predicate: it ${verdict.problem}` };
 }
 
 /** Foreign keys that depend on an index (they go with it on CASCADE). */

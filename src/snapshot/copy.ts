@@ -7,7 +7,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import copyStreams from 'pg-copy-streams';
 import type { TableInfo } from '../db/catalog.ts';
-import { query, toPostgresError, type Db } from '../db/connect.ts';
+import { noteOrigin, query, toPostgresError, type Db } from '../db/connect.ts';
 import { ident, literal, qualified } from '../db/sql.ts';
 
 /** A primary-key range: `lo <= pk < hi`, either end open when null. */
@@ -78,8 +78,13 @@ async function stream(blue: Db, green: Db, table: TableInfo, where: string, free
   const cols = table.columns.map(ident).join(', ');
   const target = qualified(table.schema, table.name);
   const select = where === 'TRUE' ? `COPY ${target} (${cols}) TO STDOUT (FORMAT binary)` : `COPY (SELECT ${cols} FROM ONLY ${target} WHERE ${where}) TO STDOUT (FORMAT binary)`;
+  const into = `COPY ${target} (${cols}) FROM STDIN (FORMAT binary${freeze ? ', FREEZE' : ''})`;
   const source = blue.query(copyStreams.to(select));
-  const sink = green.query(copyStreams.from(`COPY ${target} (${cols}) FROM STDIN (FORMAT binary${freeze ? ', FREEZE' : ''})`));
+  const sink = green.query(copyStreams.from(into));
+  // A COPY stream's error never passes through a query promise: say here which side raised it (a
+  // lost socket was already tagged by its client, and the first tag wins).
+  source.on('error', (err) => void noteOrigin(err, 'blue', select));
+  sink.on('error', (err) => void noteOrigin(err, 'green', into));
   let bytes = 0;
   const counter = new Transform({
     transform(chunk: Buffer, _enc, cb) {

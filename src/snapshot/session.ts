@@ -14,7 +14,6 @@ const DUPLICATE_OBJECT = new Set(['42P07', '42710', '42P16']);
 const GREEN_WORKER_SETTINGS = [
   'SET statement_timeout = 0',
   'SET lock_timeout = 0',
-  'SET idle_in_transaction_session_timeout = 0',
   "SELECT pg_catalog.set_config('search_path', '', false)",
   'SET check_function_bodies = false',
   'SET client_min_messages = warning',
@@ -25,7 +24,7 @@ const GREEN_WORKER_SETTINGS = [
 
 /** Opens a blue connection inside the exported snapshot (REPEATABLE READ, read only). */
 export async function importSnapshot(dsn: string, snapshotId: string): Promise<Db> {
-  const db = await connect('blue', dsn, 'migrate-snapshot-worker');
+  const db = await connect('blue', dsn, 'migrate-snapshot-worker', { holdsSnapshot: true });
   try {
     for (const s of STABLE_OUTPUT) await db.query(s);
     await db.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
@@ -77,7 +76,7 @@ export async function exportSnapshot(ctx: StepContext, copiedAny: boolean): Prom
     }
     ctx.progress(`snapshot ${previous} is gone; continuing with a new snapshot as --accept-new-snapshot allows`);
   }
-  const db = await connect('blue', ctx.config.blueDsn, 'migrate-snapshot-exporter');
+  const db = await connect('blue', ctx.config.blueDsn, 'migrate-snapshot-exporter', { holdsSnapshot: true });
   let snapshotId: string;
   try {
     await db.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');

@@ -15,6 +15,14 @@ export const POP_FILE_PATTERN = '<20-digit version>_<name>[.<dialect>][.autocomm
 // The dialect group must not swallow `.autocommit` when no dialect is given.
 const UP_FILE = /^(\d{20})_([^.]+)(?:\.(?!autocommit\.)([a-z0-9]+))?(\.autocommit)?\.up\.sql$/;
 const POSTGRES_DIALECTS = new Set(['postgres', 'postgresql', 'pg']);
+// pop's other dialect names and aliases: those files are meant for other databases and skipped.
+// Any other word in the dialect slot is a typo (`postgress`) that would silently never run.
+const OTHER_DIALECTS = new Set(['cockroach', 'cockroachdb', 'crdb', 'mysql', 'mariadb', 'sqlite', 'sqlite3', 'mssql', 'sqlserver']);
+// Down migrations never run in an upgrade, whatever their dialect or case.
+const DOWN_FILE = /\.down\.(sql|fizz)$/i;
+// What an operator meant as a migration: a leading version digit, or `.sql`/`.fizz`/`.up.` anywhere
+// in the name in any case (`.up.SQL`, `.up.sql.bak`). READMEs and dotfiles are left alone.
+const LOOKS_LIKE_MIGRATION = /^\d|\.(sql|fizz)(\.|$)|\.up\./i;
 
 // Same shape as popx creates it; the unique index is what makes a double apply fail instead of repeat.
 const CREATE_TRACKING_TABLE = `
@@ -41,14 +49,17 @@ async function chooseFiles(dir: string): Promise<Candidate[]> {
   const bad: string[] = [];
   const byVersion = new Map<string, { postgres: Candidate[]; generic: Candidate[] }>();
   for (const fileName of entries.sort()) {
-    if (!fileName.endsWith('.sql') || fileName.endsWith('.down.sql')) continue;
+    if (!LOOKS_LIKE_MIGRATION.test(fileName) || DOWN_FILE.test(fileName)) continue;
     const m = UP_FILE.exec(fileName);
     if (!m) {
       bad.push(fileName);
       continue;
     }
     const [, version = '', name = '', dialect, autocommit] = m;
-    if (dialect !== undefined && !POSTGRES_DIALECTS.has(dialect)) continue; // mysql, sqlite3, cockroach, ...
+    if (dialect !== undefined && !POSTGRES_DIALECTS.has(dialect)) {
+      if (!OTHER_DIALECTS.has(dialect)) bad.push(`${fileName} (unknown dialect "${dialect}")`);
+      continue;
+    }
     const c: Candidate = { version, name, fileName, postgres: dialect !== undefined, autocommit: autocommit !== undefined };
     const slot = byVersion.get(version) ?? { postgres: [], generic: [] };
     (c.postgres ? slot.postgres : slot.generic).push(c);
@@ -56,9 +67,9 @@ async function chooseFiles(dir: string): Promise<Candidate[]> {
   }
   if (bad.length > 0) {
     throw new SourceError(
-      `${bad.length === 1 ? 'a file' : `${bad.length} files`} in ${dir} ${bad.length === 1 ? 'does' : 'do'} not match the pop pattern ${POP_FILE_PATTERN}: ${bad.join(', ')}`,
-      `rename ${bad.join(', ')} to ${POP_FILE_PATTERN} (or move it out of ${dir})`,
-      { dir, files: bad },
+      `${bad.length === 1 ? 'a file' : `${bad.length} files`} in ${dir} ${bad.length === 1 ? 'looks' : 'look'} like a migration but ${bad.length === 1 ? 'does' : 'do'} not match the pop pattern ${POP_FILE_PATTERN}, so ${bad.length === 1 ? 'it' : 'they'} would never run: ${bad.join(', ')}`,
+      `rename each to ${POP_FILE_PATTERN} (lower case; dialect postgres, or another database's: ${[...OTHER_DIALECTS].join(', ')}), or move it out of ${dir}; down files (.down.sql) are ignored`,
+      { dir, files: bad, expected: POP_FILE_PATTERN },
     );
   }
   const chosen: Candidate[] = [];

@@ -7,10 +7,20 @@
 // later `migrate()` by the application accepts what we applied and continues after it.
 
 import { loadMigrationFiles } from 'postgres-migrations';
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import { query, type Db } from '../db/connect.ts';
 import { SourceError, StateError } from '../errors.ts';
 import { runWithTracking, type Migration, type MigrationSource } from './types.ts';
+
+/** The file name shape the library accepts (its README: separator `_`, `-` or none; extension in any case), for error messages. */
+export const POSTGRES_MIGRATIONS_FILE_PATTERN = '<id>_<name>.sql (separator _ or - or none, .sql or .js in any case, ids 1, 2, 3, ... without gaps)';
+
+// The library's own file-name rule (file-name-parser.js), which the application's `migrate()` applies too.
+const FILE_RULE = /^\d+[-_]?.*\.(sql|js)$/i;
+// What an operator meant as a migration: a leading id digit, or `.sql`/`.js` anywhere in the name
+// (`1_a.sql.bak`). The library skips such a file silently or fails on the first one; we name them all.
+const LOOKS_LIKE_MIGRATION = /^\d|\.(sql|js)(\.|$)/i;
 
 /** The marker the library looks for anywhere in a file to run it outside a transaction. */
 export const DISABLE_TRANSACTION = '-- postgres-migrations disable-transaction';
@@ -27,8 +37,26 @@ interface AppliedRow {
   hash: string;
 }
 
+/** Refuses every file that looks like a migration but matches no rule, all named in one error. */
+async function checkNames(dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = (await fs.readdir(dir, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name);
+  } catch (err) {
+    throw new SourceError(`cannot read the postgres-migrations folder ${dir} (${(err as NodeJS.ErrnoException).code ?? String(err)})`, 'check migrations.dir in the config', { dir });
+  }
+  const bad = names.filter((n) => LOOKS_LIKE_MIGRATION.test(n) && !FILE_RULE.test(n)).sort();
+  if (!bad.length) return;
+  throw new SourceError(
+    `${bad.length === 1 ? 'a file' : `${bad.length} files`} in ${dir} ${bad.length === 1 ? 'looks' : 'look'} like a migration but ${bad.length === 1 ? 'does' : 'do'} not match the postgres-migrations pattern ${POSTGRES_MIGRATIONS_FILE_PATTERN}, so ${bad.length === 1 ? 'it' : 'they'} would never run: ${bad.join(', ')}`,
+    `rename each to ${POSTGRES_MIGRATIONS_FILE_PATTERN}, or move it out of ${dir}`,
+    { dir, files: bad, expected: POSTGRES_MIGRATIONS_FILE_PATTERN },
+  );
+}
+
 /** Reads the folder through the library (adds its migration 0, checks names and consecutive ids). */
 async function load(dir: string): Promise<LibraryMigration[]> {
+  await checkNames(dir);
   try {
     return await loadMigrationFiles(dir);
   } catch (err) {

@@ -17,6 +17,7 @@ export interface RunRow {
   started_at: Date;
   finished_at: Date | null;
   status: 'running' | 'done' | 'failed' | 'abandoned';
+  /** 'bluegreen' for a real run, 'rehearsal' for `apply --dry-run` (see RUN_MODE). */
   mode: string;
   config_digest: string;
   snapshot_id: string | null;
@@ -56,25 +57,66 @@ export async function installState(blue: Db): Promise<void> {
   await query(blue, fs.readFileSync(STATE_SQL, 'utf8'));
 }
 
-/** The newest run, or null when there is none (or no state schema yet). */
-export async function latestRun(blue: Db): Promise<RunRow | null> {
+/** Values of bluegreen.run.mode: a real blue-green run, or a rehearsal started by `apply --dry-run`. */
+export const RUN_MODE = { real: 'bluegreen', rehearsal: 'rehearsal' } as const;
+
+/** Which runs a lookup may return: real runs (the ones to cut over, resume, show), rehearsals, or either. */
+export type RunKind = 'real' | 'rehearsal' | 'any';
+
+/** True when the run was started by `apply --dry-run`: it is never cut over and never the run `status` shows. */
+export function isRehearsal(run: Pick<RunRow, 'mode'>): boolean {
+  return run.mode === RUN_MODE.rehearsal;
+}
+
+/**
+ * The newest run of the given kind (default 'real': a rehearsal is never the run to cut over, resume
+ * or show), or null when there is none (or no state schema yet).
+ */
+export async function latestRun(blue: Db, opts: { kind?: RunKind } = {}): Promise<RunRow | null> {
   if (!(await stateInstalled(blue))) return null;
-  const { rows } = await query<RunRow>(blue, 'SELECT * FROM bluegreen.run ORDER BY started_at DESC, run_id DESC LIMIT 1');
+  const kind = opts.kind ?? 'real';
+  const { rows } = await query<RunRow>(
+    blue,
+    `SELECT * FROM bluegreen.run
+      WHERE $1 = 'any' OR (mode = $2) = ($1 = 'rehearsal')
+      ORDER BY started_at DESC, run_id DESC LIMIT 1`,
+    [kind, RUN_MODE.rehearsal],
+  );
   return rows[0] ?? null;
 }
 
 /** How `apply` wants to treat an unfinished run. */
 export type ResumeMode = 'fresh' | 'resume' | 'restart';
 
-/** Picks the run `apply` works on: continues, replaces, or creates one; refuses ambiguity. */
-export async function openRun(blue: Db, opts: { mode: ResumeMode; configDigest: string; greenTarget: string }): Promise<{ run: RunRow; resumed: boolean; replaced: RunRow | null }> {
-  const last = await latestRun(blue);
+/** What `apply` asks of openRun. */
+export interface OpenRunOptions {
+  /** Continue, replace or create. */
+  mode: ResumeMode;
+  /** Digest of the config as written. */
+  configDigest: string;
+  /** describeDsn of the configured green. */
+  greenTarget: string;
+  /** `apply --dry-run`: the run is a rehearsal (resumes only a rehearsal, is never cut over). */
+  rehearsal?: boolean;
+}
+
+/**
+ * Picks the run `apply` works on: continues, replaces, or creates one; refuses ambiguity. Real runs
+ * and rehearsals are separate lines: `--resume` continues the newest unfinished run of its own kind.
+ * A real run abandons an unfinished rehearsal (a rehearsal is disposable and has nothing to cut over);
+ * a rehearsal never touches a real run.
+ */
+export async function openRun(blue: Db, opts: OpenRunOptions): Promise<{ run: RunRow; resumed: boolean; replaced: RunRow | null }> {
+  const rehearsal = opts.rehearsal ?? false;
+  const what = rehearsal ? 'rehearsal' : 'run';
+  const flags = rehearsal ? 'apply --dry-run' : 'apply';
+  const last = await latestRun(blue, { kind: rehearsal ? 'rehearsal' : 'real' });
   const unfinished = last && (last.status === 'running' || last.status === 'failed') ? last : null;
   if (opts.mode === 'resume') {
-    if (!unfinished) throw new StateError('there is no unfinished run to resume', 'run `migrate apply` without --resume to start a new run');
+    if (!unfinished) throw new StateError(`there is no unfinished ${what} to resume`, `run \`migrate ${flags}\` without --resume to start a new ${what}`);
     if (unfinished.green_target !== opts.greenTarget) {
       throw new StateError(
-        `run ${unfinished.run_id} was copying into ${unfinished.green_target}, but the config now names ${opts.greenTarget}`,
+        `${what} ${unfinished.run_id} was copying into ${unfinished.green_target}, but the config now names ${opts.greenTarget}`,
         'point green.dsn back at the original target, or pass --restart to start over',
       );
     }
@@ -83,19 +125,27 @@ export async function openRun(blue: Db, opts: { mode: ResumeMode; configDigest: 
   }
   if (unfinished && opts.mode === 'fresh') {
     throw new StateError(
-      `run ${unfinished.run_id} is unfinished (${unfinished.status})`,
-      'pass --resume to continue it, or --restart to abandon it and start over (green is rebuilt)',
+      `${what} ${unfinished.run_id} is unfinished (${unfinished.status})`,
+      `pass --resume to continue it (\`migrate ${flags} --resume\`), or --restart to abandon it and start over (green is rebuilt)`,
       { runId: unfinished.run_id },
     );
   }
-  if (unfinished) await query(blue, `UPDATE bluegreen.run SET status = 'abandoned', finished_at = clock_timestamp() WHERE run_id = $1`, [unfinished.run_id]);
+  if (unfinished) await abandon(blue, unfinished.run_id);
+  if (!rehearsal) {
+    const stale = await latestRun(blue, { kind: 'rehearsal' });
+    if (stale && (stale.status === 'running' || stale.status === 'failed')) await abandon(blue, stale.run_id);
+  }
   const runId = newRunId();
   const { rows } = await query<RunRow>(
     blue,
-    'INSERT INTO bluegreen.run (run_id, config_digest, green_target) VALUES ($1, $2, $3) RETURNING *',
-    [runId, opts.configDigest, opts.greenTarget],
+    'INSERT INTO bluegreen.run (run_id, config_digest, green_target, mode) VALUES ($1, $2, $3, $4) RETURNING *',
+    [runId, opts.configDigest, opts.greenTarget, rehearsal ? RUN_MODE.rehearsal : RUN_MODE.real],
   );
   return { run: rows[0]!, resumed: false, replaced: unfinished };
+}
+
+async function abandon(blue: Db, runId: string): Promise<void> {
+  await query(blue, `UPDATE bluegreen.run SET status = 'abandoned', finished_at = clock_timestamp() WHERE run_id = $1`, [runId]);
 }
 
 function newRunId(): string {
@@ -110,6 +160,13 @@ export class Journal {
     /** The run this journal belongs to. */
     readonly runId: string,
   ) {}
+
+  /** The run's own row (mode, green target, status). */
+  async run(): Promise<RunRow> {
+    const { rows } = await query<RunRow>(this.blue, 'SELECT * FROM bluegreen.run WHERE run_id = $1', [this.runId]);
+    if (!rows[0]) throw new StateError(`run ${this.runId} is not in bluegreen.run`, '`migrate status` shows the runs blue knows');
+    return rows[0];
+  }
 
   /** All journal rows of the run, oldest first. */
   async rows(): Promise<JournalRow[]> {

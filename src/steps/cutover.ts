@@ -3,12 +3,12 @@
 // first), replays green-side revocations into blue and restores the lever: exit 8, blue serving.
 
 import { createInterface } from 'node:readline/promises';
-import { ActionFailed, type ActionEnv } from '../cutover/actions.ts';
+import type { ActionEnv } from '../cutover/actions.ts';
 import { rollbackTargets, twoPhaseCutover, type CutoverFailure, type TargetRecord } from '../cutover/coordinator.ts';
-import { checkGuardrails, outboxBacklog, type BacklogFn, type Guardrail } from '../cutover/guardrails.ts';
+import { checkGuardrails, identityRefusal, isIdentityGuardrail, outboxBacklog, type BacklogFn, type Guardrail } from '../cutover/guardrails.ts';
 import { wranglerKv, type KvResolver } from '../cutover/kv.ts';
 import type { TargetSpec, WatchSpec } from '../cutover/schema.ts';
-import { CUTOVER_STEP, journalTargetLog } from '../cutover/state.ts';
+import { CUTOVER_STEP, journalTargetLog, LIVE_STATES } from '../cutover/state.ts';
 import { ExitCode, FindingsError, OperatorError, StateError, UsageError } from '../errors.ts';
 import { checkInvariants, invariantFailures, invariantsOf, type InvariantResult } from '../validate/invariants.ts';
 import { raiseLever, restoreLever } from './lever.ts';
@@ -27,7 +27,7 @@ export class CutoverRolledBackError extends OperatorError {
     super(`cutover rolled back: ${failure.phase} of ${failure.target} failed: ${failure.message}.${manual}`, {
       hint: rollbackFailures.length
         ? 'run `migrate rollback --yes` to retry the failed rollbacks, then check each target by hand (runbooks/rollback.md)'
-        : 'blue is serving again and the TTL lever is restored; fix the named target and run `migrate cutover` again (runbooks/exit-codes/8.md)',
+        : 'blue is serving again (the lever line says whether the TTL was restored); fix the named target and run `migrate cutover` again (runbooks/exit-codes/8.md)',
       exitCode: ExitCode.cutoverRolledBack,
       detail: { failure, rollbackFailures, ...detail },
     });
@@ -101,12 +101,27 @@ async function confirm(targets: readonly TargetSpec[]): Promise<boolean> {
   }
 }
 
+/**
+ * The report's verdict line. "cutover committed" only when every target is live and nothing failed:
+ * a cutover stopped before its first commit (e.g. by the lever) says so, never "committed".
+ */
+export function cutoverVerdict(phase: Pick<CutoverPhaseResult, 'cutover' | 'error'>): string {
+  const { cutover } = phase;
+  if (cutover.rolledBack) return `ROLLED BACK (order: ${cutover.rollbackOrder.join(' -> ') || 'no target had been touched'})`;
+  const live = cutover.targets.filter((t) => LIVE_STATES.has(t.status)).map((t) => t.name);
+  if (!live.length) return 'nothing was cut over';
+  if (live.length === cutover.targets.length && !phase.error) return 'cutover committed';
+  return `cutover did not finish: live on green: ${live.join(', ')} (\`migrate rollback --yes\` undoes them)`;
+}
+
 /** Checks guardrails and asks for confirmation; throws before anything is changed. */
 export async function preflightCutover(opts: CutoverPhaseOptions, targets: readonly TargetSpec[]): Promise<Guardrail[]> {
   const { ctx } = opts;
   if (!ctx.journal) throw new StateError('there is no run to cut over', 'run `migrate apply` first');
-  const guardrails = await checkGuardrails(ctx.blue, ctx.journal, ctx.config, opts.backlog ?? outboxBacklog(ctx.blue, ctx.green));
+  const guardrails = await checkGuardrails(ctx.blue, ctx.green, ctx.journal, ctx.config, opts.backlog ?? outboxBacklog(ctx.blue, ctx.green));
   const failed = guardrails.filter((g) => !g.ok);
+  // The wrong run or the wrong green outranks every other verdict: the others describe another database.
+  if (failed.some(isIdentityGuardrail)) throw identityRefusal('cutover', await ctx.journal.run(), ctx.config.greenDsn, guardrails);
   if (failed.length) {
     const blocking = failed.some((g) => g.id === 'green-validated' || g.id === 'no-blocking-findings');
     const lines = failed.map((g) => `${g.id}: ${g.detail}`);
@@ -131,7 +146,7 @@ export async function runCutoverPhase(opts: CutoverPhaseOptions): Promise<Cutove
   const env = actionEnv(ctx, opts.kv, opts.env);
   const watchSpec = opts.watch === undefined ? (config.watch ?? null) : opts.watch;
   const result: CutoverPhaseResult = {
-    cutover: { targets: [], rolledBack: false, failure: null, rollbackOrder: [], ms: 0 },
+    cutover: { targets: targets.map((t) => ({ name: t.name, status: 'pending' })), rolledBack: false, failure: null, rollbackOrder: [], ms: 0 },
     guardrails,
     lever: null,
     drained: null,
@@ -144,6 +159,7 @@ export async function runCutoverPhase(opts: CutoverPhaseOptions): Promise<Cutove
   const log = journalTargetLog(journal);
   await journal.start(CUTOVER_STEP);
   try {
+    // Before any target: a lever that cannot be raised (LeverError, caught below) stops here with nothing cut over.
     ctx.progress('raising the TTL lever');
     const lever = await raiseLever(config.lever, env, journal);
     if (lever) result.lever = { raised: true, restored: false, saved: lever.saved };
@@ -191,7 +207,6 @@ export async function runCutoverPhase(opts: CutoverPhaseOptions): Promise<Cutove
     return result;
   } catch (err) {
     if (err instanceof OperatorError) result.error = err;
-    else if (err instanceof ActionFailed) result.error = new CutoverRolledBackError({ target: 'lever', phase: 'prepare', message: err.message }, {}, []);
     else throw err;
     return result;
   } finally {

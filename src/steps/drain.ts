@@ -3,12 +3,16 @@
 // the revocation queue (pulled under leases, acked only after the batch committed). Batches go
 // through the replay semantics, so they are deduplicated by event id, ordered by time and set-based;
 // outbox batches are pipelined (the next one is read while the target applies the current one) and
-// split over every connection to the target.
+// split over every connection to the target. A configured dead-letter queue is drained last: a dead
+// letter (the consumer Worker's `{reason, detail, original}`, or a message Queues moved there after
+// its retries) is replayed when its original verifies, and otherwise kept on the queue (never acked,
+// never handed back) and reported, because it is the evidence of a forged or broken message.
 
 import type { Db } from '../db/connect.ts';
 import { query, toPostgresError } from '../db/connect.ts';
 import { verifyRevocation, type RejectReason } from '../queue-consumer/message.ts';
-import type { RevocationQueue } from '../queue/queue.ts';
+import { isDeadLetterWrapper } from '../queue/dead-letter.ts';
+import { assertPullable, type PulledMessage, type RevocationQueue } from '../queue/queue.ts';
 import { replayPipelined, type SourceBatch } from '../replay/pipeline.ts';
 import { applyReplayBatch, createIfMissing, type ReplayEvent, type ReplayKind, type ReplayProfile } from '../replay/semantics.ts';
 
@@ -76,10 +80,36 @@ export interface DrainStats {
   duplicates: number;
   /** Queue messages that failed verification, by reason (handed back so the queue dead-letters them). */
   rejected: Partial<Record<RejectReason, number>>;
+  /** The dead-letter queue, when one is configured. */
+  deadLetters: DeadLetterStats;
   /** Outbox high-water mark after the drain. */
   outboxMark: string;
   /** Batches written. */
   batches: number;
+}
+
+/** A dead letter left on the dead-letter queue because its original does not verify. */
+export interface KeptDeadLetter {
+  /** Message id on the dead-letter queue. */
+  id: string;
+  /** Why drain kept it (the verifier's reason). */
+  reason: RejectReason;
+  /** The verifier's explanation. */
+  detail: string;
+  /** The consumer Worker's reason, when the Worker wrote the dead letter. */
+  workerReason?: string;
+}
+
+/** Figures of the dead-letter queue's drain. */
+export interface DeadLetterStats {
+  /** Dead letters pulled (each counted once per run). */
+  read: number;
+  /** Whose original verified and was applied, then acked. */
+  replayed: number;
+  /** Left on the queue, by reason. */
+  kept: Partial<Record<RejectReason, number>>;
+  /** Left on the queue, one by one (ids and reasons; never the body). */
+  keptMessages: KeptDeadLetter[];
 }
 
 /** Where to read and where to write. */
@@ -95,7 +125,7 @@ export interface DrainOptions {
   /** More connections to the target: each outbox batch is split over `target` and these, by grant. */
   moreTargets?: readonly Db[] | undefined;
   /** The revocation queue, if one is configured, with the key its messages are signed with. */
-  queue?: { queue: RevocationQueue; hmacKey: string; visibilityTimeoutMs?: number } | undefined;
+  queue?: { queue: RevocationQueue; hmacKey: string; visibilityTimeoutMs?: number; deadLetters?: RevocationQueue | undefined } | undefined;
   /** Events per outbox batch. */
   batchSize?: number;
   /** Progress line. */
@@ -162,7 +192,7 @@ export async function drainQueue(opts: DrainOptions, stats: DrainStats): Promise
     const goodLeases: string[] = [];
     const rejectLeases: string[] = [];
     for (const m of messages) {
-      const v = await verifyRevocation(m.body, hmacKey);
+      const v = await verifyPulled(m, hmacKey);
       if (v.ok) {
         good.push(v.body);
         goodLeases.push(m.leaseId);
@@ -182,10 +212,63 @@ export async function drainQueue(opts: DrainOptions, stats: DrainStats): Promise
   }
 }
 
-/** Drains the outbox, then the queue; each batch is time-ordered and removals commute, so the order of sources does not change the result. */
+/** A body that did not decode (base64, JSON, v8) is malformed, like an envelope of the wrong shape. */
+async function verifyPulled(m: PulledMessage, hmacKey: string): ReturnType<typeof verifyRevocation> {
+  if (m.undecodable !== undefined) return { ok: false, reason: 'malformed', detail: m.undecodable };
+  return verifyRevocation(m.body, hmacKey);
+}
+
+/**
+ * Pulls the dead-letter queue until every visible message was seen once this run: verified originals
+ * are applied then acked; the rest get neither ack nor retry (their lease runs out and they stay),
+ * so they are never dropped by drain. A kept message that shows up again after its lease ran out
+ * ends the loop instead of being counted twice.
+ */
+export async function drainDeadLetters(opts: DrainOptions, stats: DrainStats): Promise<void> {
+  const dlq = opts.queue?.deadLetters;
+  if (!opts.queue || !dlq) return;
+  const { hmacKey } = opts.queue;
+  const visibility = opts.queue.visibilityTimeoutMs ?? 60_000;
+  const seen = new Set<string>();
+  for (;;) {
+    const fresh = (await dlq.pull(100, visibility)).filter((m) => !seen.has(m.id));
+    if (!fresh.length) break;
+    const good: ReplayEvent[] = [];
+    const goodLeases: string[] = [];
+    for (const m of fresh) {
+      seen.add(m.id);
+      const wrapped = m.undecodable === undefined && isDeadLetterWrapper(m.body) ? m.body : null;
+      const v = wrapped ? await verifyRevocation(wrapped.original, hmacKey) : await verifyPulled(m, hmacKey);
+      if (v.ok) {
+        good.push(v.body);
+        goodLeases.push(m.leaseId);
+        continue;
+      }
+      stats.deadLetters.kept[v.reason] = (stats.deadLetters.kept[v.reason] ?? 0) + 1;
+      stats.deadLetters.keptMessages.push({ id: m.id, reason: v.reason, detail: v.detail, ...(wrapped ? { workerReason: wrapped.reason } : {}) });
+    }
+    const result = await applyReplayBatch(opts.target, opts.profile, good);
+    await dlq.ack(goodLeases);
+    stats.deadLetters.read += fresh.length;
+    stats.deadLetters.replayed += good.length;
+    stats.applied += result.applied;
+    stats.duplicates += result.duplicates;
+    stats.batches++;
+    opts.progress?.(`dead-letter queue: ${stats.deadLetters.replayed} replayed, ${stats.deadLetters.keptMessages.length} kept`);
+  }
+}
+
+/**
+ * Drains the outbox, then the queue, then its dead-letter queue; each batch is time-ordered and
+ * removals commute, so the order of sources does not change the result. The queues are checked
+ * first (paused, no pull consumer), so a queue that cannot be pulled stops the drain before it writes.
+ */
 export async function drain(opts: DrainOptions): Promise<DrainStats> {
-  const stats: DrainStats = { outboxRead: 0, queueRead: 0, applied: 0, duplicates: 0, rejected: {}, outboxMark: '0', batches: 0 };
+  const stats: DrainStats = { outboxRead: 0, queueRead: 0, applied: 0, duplicates: 0, rejected: {}, deadLetters: { read: 0, replayed: 0, kept: {}, keptMessages: [] }, outboxMark: '0', batches: 0 };
+  if (opts.queue) await assertPullable(opts.queue.queue, 'the revocations queue');
+  if (opts.queue?.deadLetters) await assertPullable(opts.queue.deadLetters, 'the dead-letter queue');
   await drainOutbox(opts, stats);
   await drainQueue(opts, stats);
+  await drainDeadLetters(opts, stats);
   return stats;
 }

@@ -1,41 +1,77 @@
 // The TTL lever: before the window, raise token TTL through a configured action so clients refresh
 // (and write) less while blue and green diverge; remember the old value in the journal; restore it
 // after cutover, and after any failure or rollback. Raising twice is harmless (the journal knows).
+// It is raised before any target commits, so a lever that cannot be raised stops the cutover with
+// nothing cut over; it only ever restores a value it read (or runs lever.rollback as configured).
 
 import { runAction, type ActionEnv } from '../cutover/actions.ts';
 import { OperatorError, ExitCode } from '../errors.ts';
 import { actionOf, type LeverSpec } from '../cutover/schema.ts';
 import { leverRecord, writeLeverRecord, type LeverRecord, type StateJournal } from '../cutover/state.ts';
 
-/** Raising the lever failed; nothing was cut over. */
+/** Which lever action failed; prepare means the TTL was never read, let alone changed. */
+export type LeverPhase = 'prepare' | 'commit' | 'verify';
+
+function leverHint(phase: LeverPhase, after: LeverRecord | null): string {
+  if (phase === 'prepare') return 'the TTL was never read or changed and blue kept serving; fix lever.prepare (or the database or env var it names) and run `migrate cutover` again';
+  if (after?.state === 'restore-failed') {
+    return `restoring the TTL${after.saved === null ? '' : ` to ${JSON.stringify(after.saved)}`} failed too (${after.error ?? 'unknown error'}), so it may still be raised: run \`migrate rollback --yes\` to retry, then fix lever.${phase}`;
+  }
+  const restored = !after || after.saved === null ? 'lever.rollback ran to undo the raise (no old value had been read)' : `the TTL was set back to ${JSON.stringify(after.saved)}`;
+  return `${restored} and blue kept serving; fix lever.${phase} and run \`migrate cutover\` again`;
+}
+
+/** Raising the lever failed; no target was touched (exit 8, as for a target whose prepare fails). */
 export class LeverError extends OperatorError {
-  constructor(message: string) {
-    super(`the TTL lever could not be raised: ${message}`, {
-      hint: 'fix the lever action in the config (lever.commit / lever.verify) and rerun `migrate cutover`; blue kept serving and the TTL was restored',
+  constructor(
+    message: string,
+    /** The lever action that failed. */
+    readonly phase: LeverPhase,
+    /** The lever's journal record afterwards: null when the TTL was never changed. */
+    readonly after: LeverRecord | null,
+  ) {
+    super(`the TTL lever could not be raised: ${message}; nothing was cut over`, {
+      hint: leverHint(phase, after),
       exitCode: ExitCode.cutoverRolledBack,
+      detail: { lever: { phase, after } },
     });
   }
 }
 
-/** Raises the TTL unless the journal says it is already raised; on failure restores and throws LeverError. */
+/**
+ * Raises the TTL unless the journal says it is already raised. Throws LeverError when it cannot:
+ * after a failed prepare nothing was changed (and nothing is restored); after a failed commit or
+ * verify the value prepare read is put back at once.
+ */
 export async function raiseLever(lever: LeverSpec | undefined, env: ActionEnv, journal: StateJournal): Promise<LeverRecord | null> {
   if (!lever) return null;
   const existing = await leverRecord(journal);
   if (existing?.state === 'raised') return existing;
-  const prepare = actionOf(lever, 'prepare');
-  const saved = prepare ? (await runAction(prepare, env).catch((err: Error) => Promise.reject(new LeverError(err.message)))).value : null;
+  // After a failed restore the TTL may still be high: reading it again would remember the raised value.
+  const saved = existing?.state === 'restore-failed' ? existing.saved : await readLever(lever, env);
   // Recorded before the raise, so a crash between the two still restores.
   const record: LeverRecord = { state: 'raised', saved };
   await writeLeverRecord(journal, record);
+  let phase: LeverPhase = 'commit';
   try {
     await runAction(actionOf(lever, 'commit')!, env, { saved });
+    phase = 'verify';
     const verify = actionOf(lever, 'verify');
     if (verify) await runAction(verify, env, { saved });
   } catch (err) {
-    await restoreLever(lever, env, journal);
-    throw new LeverError((err as Error).message);
+    throw new LeverError((err as Error).message, phase, await restoreLever(lever, env, journal));
   }
   return record;
+}
+
+async function readLever(lever: LeverSpec, env: ActionEnv): Promise<string | null> {
+  const prepare = actionOf(lever, 'prepare');
+  if (!prepare) return null;
+  try {
+    return (await runAction(prepare, env)).value;
+  } catch (err) {
+    throw new LeverError((err as Error).message, 'prepare', null);
+  }
 }
 
 /** Restores the TTL recorded in the journal; a no-op when it was never raised or already restored. */

@@ -1,21 +1,41 @@
 // Migrate: apply the new version's pending migrations on green, one journal unit each. Every file
-// is parsed before anything runs, so a syntax error stops the run with no database changed.
+// is parsed before anything runs, so a syntax error stops the run with no database changed, and a
+// folder with nothing pending (empty, or the old version's) is refused then too: copying first and
+// finding out in validate cost a whole copy and wrote to both sides.
 
 import { query } from '../db/connect.ts';
 import { readMarker } from '../db/green.ts';
-import { StateError } from '../errors.ts';
+import { SourceError, StateError } from '../errors.ts';
 import { checkAll } from '../sources/check.ts';
-import { unitOnce, type Action, type Step } from './step.ts';
+import type { Migration } from '../sources/types.ts';
+import { unitOnce, type Action, type Step, type StepContext } from './step.ts';
 
 /** Journal unit id of a migration. */
 export const migrationUnit = (id: string): string => `migration:${id}`;
+
+/**
+ * Refuses (exit 6) a source with nothing pending unless `--allow-no-migrations` asked for a pure
+ * copy. Pending is measured on blue: its tracking table is what green starts from, and our runs
+ * never change it, so the answer is the same on a resume.
+ */
+export async function assertSomethingPending(ctx: StepContext, all: Migration[]): Promise<void> {
+  if (ctx.options.allowNoMigrations || (await ctx.source.pending(ctx.blue)).length > 0) return;
+  const where = ctx.source.describe();
+  throw new SourceError(
+    all.length === 0 ? `no pending migration: no migration file found (${where})` : `no pending migration: ${all.length === 1 ? 'the one migration is' : `all ${all.length} migrations are`} already recorded on blue (${where})`,
+    'point migrations.dir at the new version\'s migrations, or pass --allow-no-migrations to copy blue to green without migrating; nothing has been written',
+    { migrations: all.length, pending: 0 },
+  );
+}
 
 /** The migrate step. */
 export const migrate = {
   name: 'migrate',
   purpose: 'apply the pending migrations of the new version on green',
   async validate(ctx) {
-    await checkAll(await ctx.source.all());
+    const all = await ctx.source.all();
+    await checkAll(all);
+    await assertSomethingPending(ctx, all);
   },
   async plan(ctx) {
     // Before the copy, blue's tracking table is what green will have.

@@ -16,6 +16,7 @@ import { copyRange, copyWhole, rangePredicate, splitRanges, type KeyRange } from
 import { fingerprint, SAMPLE_ABOVE_BYTES } from '../snapshot/check.ts';
 import { exportSnapshot, importSnapshot, openGreenWorker, runPostData } from '../snapshot/session.ts';
 import { verifyCopy } from '../snapshot/verify.ts';
+import { reopenLostUnits } from '../snapshot/lost.ts';
 import { CopyProgress } from '../snapshot/progress.ts';
 import { defaultSplitBytes, planUnits, rangesUnit, type UnitAction } from '../snapshot/units.ts';
 import { unitOnce, type Action, type Step, type StepContext } from './step.ts';
@@ -92,8 +93,10 @@ export const snapshot = {
     const journal = ctx.journal!;
     const runId = journal.runId;
     const details = await journal.done('snapshot');
-    const redo = await attemptedUnits(ctx);
     const tables = new Map((await listTables(ctx.blue, ctx.config.raw.snapshot.excludeSchemas)).map((t) => [tableKey(t), t]));
+    // Before skipping what the journal calls done, make sure green still holds it.
+    if (ctx.options.resume && details.has('pre-data')) await reopenLostUnits(ctx, actions, details, tables);
+    const redo = await attemptedUnits(ctx);
     const estimates = await tableEstimates(ctx.blue);
     const tableOf = (a: UnitAction): TableInfo => {
       const t = tables.get(a.facts.table ?? '');

@@ -4,7 +4,7 @@
 
 import type { ResolvedConfig } from '../config/load.ts';
 import { faultPoint } from '../fault.ts';
-import type { Db } from '../db/connect.ts';
+import { locateFailure, type Db } from '../db/connect.ts';
 import type { Side } from '../errors.ts';
 import type { MigrationSource } from '../sources/types.ts';
 import type { Journal } from '../state/journal.ts';
@@ -44,6 +44,8 @@ export interface RunOptions {
   verify: 'sample' | 'full';
   /** In-place mode: false runs the statements as written (`--no-rewrite`). */
   rewrite?: boolean;
+  /** Accept a migrations folder with nothing pending: a pure copy (`--allow-no-migrations`). */
+  allowNoMigrations?: boolean;
 }
 
 /** What every step gets. */
@@ -97,7 +99,9 @@ export async function unitOnce(ctx: StepContext, step: StepName, unit: string, f
     await faultPoint('after', step, unit);
     return { skipped: false, detail };
   } catch (err) {
-    await journal.fail(step, unit, (err as Error).message).catch(() => {});
-    throw err;
+    // A side going away (or a statement timeout) is reported with this unit and the resume command.
+    const located = locateFailure(err, `${step}/${unit}`, ctx.config.file);
+    await journal.fail(step, unit, (located as Error).message).catch(() => {});
+    throw located;
   }
 }

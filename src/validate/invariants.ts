@@ -3,6 +3,7 @@
 // consent's state on a merged table; an invariant over what users depend on can. Every failure
 // names the invariant, the counts and a few sample keys.
 
+import type pg from 'pg';
 import type { ResolvedConfig } from '../config/load.ts';
 import type { InvariantSpec } from '../cutover/schema.ts';
 import { query, toPostgresError, type Db } from '../db/connect.ts';
@@ -65,11 +66,26 @@ function highestParam(sql: string): number {
 }
 
 async function keys(db: Db, sql: string, params: unknown[]): Promise<string[]> {
+  // Extended protocol even without parameters: a second statement is refused by the server itself.
+  const config: pg.QueryConfig & { queryMode: 'extended'; rowMode: 'array' } = { text: sql, values: params.slice(0, highestParam(sql)), rowMode: 'array', queryMode: 'extended' };
   try {
-    const res = await db.query<unknown[]>({ text: sql, values: params.slice(0, highestParam(sql)), rowMode: 'array' });
+    const res = await db.query<unknown[]>(config);
     return res.rows.map((r) => String(r[0]));
   } catch (err) {
     throw toPostgresError(err, { sql });
+  }
+}
+
+/**
+ * Invariant SQL comes from the config (checked as one SELECT at load); it only reads, so it runs in
+ * a READ ONLY transaction on either side and whatever a function in it tries to write is refused.
+ */
+async function readOnly<T>(db: Db, fn: () => Promise<T>): Promise<T> {
+  await query(db, 'BEGIN READ ONLY');
+  try {
+    return await fn();
+  } finally {
+    await db.query('ROLLBACK').catch(() => {});
   }
 }
 
@@ -87,9 +103,12 @@ async function quarantinedKeys(green: Db, spec: InvariantSpec): Promise<Set<stri
 
 /** Evaluates one invariant. */
 export async function checkInvariant(blue: Db, green: Db, spec: InvariantSpec, params: InvariantParams): Promise<InvariantResult> {
-  const blueKeys = spec.blue ? await keys(blue, spec.blue, [params.captureStart, params.drained]) : [];
-  const greenKeys = spec.relation === 'green-empty' && spec.blue ? await keys(green, spec.green, [blueKeys]) : await keys(green, spec.green, []);
-  const quarantined = await quarantinedKeys(green, spec);
+  const blueSql = spec.blue;
+  const blueKeys = blueSql ? await readOnly(blue, () => keys(blue, blueSql, [params.captureStart, params.drained])) : [];
+  const { greenKeys, quarantined } = await readOnly(green, async () => ({
+    greenKeys: await keys(green, spec.green, spec.relation === 'green-empty' && spec.blue ? [blueKeys] : []),
+    quarantined: await quarantinedKeys(green, spec),
+  }));
   const greenSet = new Set(greenKeys);
   const accounted = blueKeys.filter((k) => quarantined.has(k));
   let offendingKeys: string[] = [];
