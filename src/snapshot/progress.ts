@@ -22,9 +22,14 @@ export class CopyProgress {
   private readonly tables = new Map<string, TableState>();
   private lastEmit = 0;
 
+  /**
+   * `unitsLeft`: per table, how many of its data units this attempt runs; the table is reported as
+   * copied when the last of them finishes, in whatever order its ranges end.
+   */
   constructor(
     private readonly emit: (line: string) => void,
     private readonly estimates: ReadonlyMap<string, TableEstimate>,
+    private readonly unitsLeft: Map<string, number>,
     private readonly everyMs = 2000,
   ) {}
 
@@ -45,13 +50,15 @@ export class CopyProgress {
     }
   }
 
-  /** A data unit of `table` finished with exact `rows`; reports the table when its last open unit ends. */
-  finish(table: string, rows: number, last: boolean): void {
+  /** A data unit of `table` finished with exact `rows`; reports the table when the last of its units ends. */
+  finish(table: string, rows: number): void {
     const s = this.tables.get(table);
     if (!s) return;
     s.openUnits--;
     s.rows += rows;
-    if (last) this.emit(`copied ${table}: ${count(s.rows)} rows, ${(s.bytes / MiB).toFixed(1)} MiB in ${((Date.now() - s.started) / 1000).toFixed(1)} s (${this.rate(s).toFixed(1)} MiB/s)`);
+    const left = (this.unitsLeft.get(table) ?? 1) - 1;
+    this.unitsLeft.set(table, left);
+    if (left <= 0) this.emit(`copied ${table}: ${count(s.rows)} rows, ${(s.bytes / MiB).toFixed(1)} MiB in ${((Date.now() - s.started) / 1000).toFixed(1)} s (${this.rate(s).toFixed(1)} MiB/s)`);
   }
 
   private rate(s: TableState): number {

@@ -109,7 +109,9 @@ export const snapshot = {
     const copiedAny = actions.some((a) => a.facts.unit === 'data' && details.has(a.id));
     const exporter = needSnapshot ? await exportSnapshot(ctx, copiedAny) : null;
     const snapshotId = exporter?.snapshotId ?? null;
-    const progress = new CopyProgress(ctx.progress, estimates);
+    const dataLeft = new Map<string, number>();
+    for (const a of pending) if (a.facts.unit === 'data') dataLeft.set(String(a.facts.table), (dataLeft.get(String(a.facts.table)) ?? 0) + 1);
+    const progress = new CopyProgress(ctx.progress, estimates, dataLeft);
     const busy = { data: 0, index: 0, foreignKey: 0, analyze: 0, verify: 0 };
     let unvalidated = 0;
     try {
@@ -135,8 +137,7 @@ export const snapshot = {
             const moved = n > 1 ? await copyRange(w.blue, w.green, t, range, redo.has(a.id), onBytes) : await copyWhole(w.blue, w.green, t, onBytes);
             const full = ctx.options.verify === 'full' || t.bytes <= SAMPLE_ABOVE_BYTES;
             const check = await fingerprint(w.blue, t, n > 1 ? rangePredicate(t, range) : 'TRUE', { full, estimatedRows: (estimates.get(key)?.rows ?? 0) / n });
-            const last = actions.filter((x) => x.facts.unit === 'data' && x.facts.table === key).every((x) => x.id === a.id || details.has(x.id));
-            progress.finish(key, moved.rows, last);
+            progress.finish(key, moved.rows);
             return { ...moved, check };
           }
           case 'post':
