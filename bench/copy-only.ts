@@ -1,11 +1,12 @@
 // Runs the real `migrate apply` code path restricted to preflight, capture and snapshot, in its own
 // process, and prints one JSON line with the outcome and this process's peak RSS. The snapshot bench
 // times it (and reads its memory); the snapshot tests SIGKILL it midway and resume it.
-// Usage: tsx bench/copy-only.ts <config.json> [--resume] [--accept-new-snapshot] [--jobs N] [--verify full]
+// Usage: tsx bench/copy-only.ts <config.json> [--resume] [--accept-new-snapshot] [--jobs N] [--verify full] [--drill-pause POINT]
 
 import { loadConfig } from '../src/config/load.ts';
 import { runOptions } from '../src/commands/session.ts';
 import { plainSink } from '../src/report/progress.ts';
+import { drillHooksFromFlag } from '../src/drill.ts';
 import { asOperatorError } from '../src/errors.ts';
 import { apply, openSession } from '../src/runner.ts';
 import { capture } from '../src/steps/capture.ts';
@@ -15,7 +16,7 @@ import { snapshot } from '../src/steps/snapshot.ts';
 const args = process.argv.slice(2);
 const file = args[0];
 if (!file) {
-  process.stderr.write('usage: tsx bench/copy-only.ts <config.json> [--resume] [--accept-new-snapshot] [--jobs N] [--verify full]\n');
+  process.stderr.write('usage: tsx bench/copy-only.ts <config.json> [--resume] [--accept-new-snapshot] [--jobs N] [--verify full] [--drill-pause before|after:<step>:<unit>]\n');
   process.exit(1);
 }
 const flag = (name: string): boolean => args.includes(name);
@@ -33,6 +34,8 @@ const overrides = {
 };
 const started = Date.now();
 const session = await openSession(config, runOptions(config, overrides));
+const hooks = drillHooksFromFlag(value('--drill-pause'));
+if (hooks) session.ctx.hooks = hooks;
 let exitCode = 0;
 let out: Record<string, unknown> = {};
 try {

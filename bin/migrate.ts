@@ -15,6 +15,7 @@ import { cutoverCommand } from '../src/commands/cutover.ts';
 import { rollbackCommand } from '../src/commands/rollback.ts';
 import { validateCommand } from '../src/commands/validate.ts';
 import { drainCommand } from '../src/commands/drain.ts';
+import { finishCommand } from '../src/commands/finish.ts';
 import { configJsonSchema } from '../src/config/schema.ts';
 import { redact } from '../src/db/redact.ts';
 import { asOperatorError, ExitCode } from '../src/errors.ts';
@@ -112,6 +113,7 @@ program
   .option('--no-rewrite', 'with --in-place: show the statements as written')
   .option('--queries <file>', "the application's queries, checked for SELECT * on tables the migrations change")
   .option('--allow-no-migrations', 'accept a migrations folder with nothing pending (a pure copy); without it that is exit 6')
+  .option('--lint-details', 'list every lock finding on green (by default one line counts them: green serves no traffic while it migrates)')
   .action((o) => run(o.json, () => planCommand(o)));
 
 program
@@ -129,6 +131,7 @@ program
   .option('--no-rewrite', 'with --in-place: run the statements as written (still under lock_timeout with retries)')
   .option('-j, --jobs <n>', 'parallel copy and index workers (default: config snapshot.jobs, else CPU cores)', positiveInt)
   .addOption(new Option('--verify <mode>', 'copy check: sample (checksums of very large tables sampled) or full (every row)').choices(['sample', 'full']))
+  .addOption(new Option('--drill-pause <point>', 'crash drills only: stop at before|after:<step>:<unit> and wait to be killed').hideHelp())
   .addHelpText('after', `
 After a crash or a failed step, fix the cause and run \`migrate apply --resume\`: finished tables,
 indexes and migrations are skipped. If the copy was interrupted, the old snapshot is gone; resume
@@ -185,6 +188,15 @@ program
   .option('--batch-size <n>', 'outbox events per batch', positiveInt)
   .option('--jobs <n>', 'connections to the live side each batch is split over, by grant (default: config replay.jobs, 2)', positiveInt)
   .action((o) => run(o.json, () => drainCommand(o)));
+
+program
+  .command('finish')
+  .description('remove everything migrate installed on blue and green (capture triggers, state, replication objects) after a cutover that passed its watch; the quarantine is kept')
+  .addOption(configOption())
+  .addOption(jsonOption())
+  .option('--yes', 'do it (without --yes only the list is shown)')
+  .option('--abandon', 'finish an upgrade that never went live (no target may be live on green)')
+  .action((o) => run(o.json, () => finishCommand(o)));
 
 const quarantine = program.command('quarantine').description('rows cleanup moved aside (never deleted)');
 quarantine

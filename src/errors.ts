@@ -76,13 +76,26 @@ export class StateError extends OperatorError {
   }
 }
 
-/** Another run holds the advisory lock on blue. */
+/** The session that holds the run lock, as pg_stat_activity shows it. */
+export interface LockHolder {
+  /** Backend pid on blue. */
+  pid: number;
+  /** Its application_name: `migrate <command>` for ours. */
+  application: string;
+  /** When that session connected (ISO). */
+  since: string | null;
+  /** Client address, when over TCP. */
+  client: string | null;
+}
+
+/** Another command holds the run lock (advisory lock on blue); names who, so the operator can find it. */
 export class LockHeldError extends StateError {
-  constructor(holderPid: number | null) {
+  constructor(command: string, holder: LockHolder | null) {
+    const who = holder ? ` by ${holder.application || 'a session'} (backend pid ${holder.pid}${holder.client ? ` from ${holder.client}` : ''}${holder.since ? `, connected ${holder.since}` : ''})` : '';
     super(
-      `another migrate run holds the run lock on blue${holderPid === null ? '' : ` (backend pid ${holderPid})`}`,
-      'wait for that run to finish, or check `migrate status`; never run two applies at once',
-      { holderPid },
+      `${command} refused: the run lock on blue is held${who}`,
+      'wait for that command to finish (`migrate status` shows the run); one migrate command that writes runs at a time. If its process is gone, the lock goes with its session; `SELECT pg_terminate_backend(<pid>)` on blue ends a stuck one',
+      { holder },
     );
   }
 }

@@ -14,7 +14,7 @@ describe('the SQL fragment checker', () => {
   it("accepts the Hydra profile's own rules, with their EXISTS sub-queries and the is_json helper", () => {
     for (const rule of HYDRA_CLEANUP_RULES) expect(checkSqlFragment(rule.where, 'predicate'), rule.name).toMatchObject({ ok: true });
     expect(checkSqlFragment(HYDRA_CLEANUP_RULES.find((r) => r.name === 'invalid-json')!.where, 'predicate')).toMatchObject({
-      functions: [{ schema: 'bluegreen_quarantine', name: 'is_json' }, { schema: 'bluegreen_quarantine', name: 'is_json' }, { schema: 'bluegreen_quarantine', name: 'is_json' }],
+      functions: [{ schema: 'bluegreen_quarantine', name: 'is_json' }, { schema: 'bluegreen_quarantine', name: 'is_json' }],
     });
   });
 

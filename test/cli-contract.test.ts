@@ -6,10 +6,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { importGraph } from '../scripts/import-graph.ts';
+import { importCycles, importEdges, importGraph } from '../scripts/import-graph.ts';
 import { missingDemoPackages } from '../src/commands/demo-launcher.ts';
 import { asOperatorError, ExitCode } from '../src/errors.ts';
-import { guardedPair, ROOT, runCli, writeConfig, type DbPair } from './harness.ts';
+import { guardedPair, kill9, ROOT, runCli, startCliUntil, writeConfig, type DbPair } from './harness.ts';
 
 const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
 
@@ -25,6 +25,17 @@ describe('a production install', () => {
     const graph = importGraph(ROOT, 'bin/migrate.ts');
     const devOnly = graph.files.filter((f) => /^src\/(demo|fixture|standin)\/|^src\/db\/embedded\.ts$|^src\/queue-consumer\/local\.ts$|^src\/commands\/demo\.ts$|^test\//.test(f));
     expect(devOnly).toEqual([]);
+  });
+
+  it('has no import cycle under src/', () => {
+    const edges = importEdges(ROOT, 'src');
+    expect(edges.size).toBeGreaterThan(80);
+    expect(importCycles(edges)).toEqual([]);
+  });
+
+  it('finds a cycle when there is one, so the check above can fail', () => {
+    const knot = new Map([['a.ts', ['b.ts']], ['b.ts', ['c.ts']], ['c.ts', ['a.ts']], ['d.ts', ['a.ts']]]);
+    expect(importCycles(knot)).toEqual([['a.ts', 'b.ts', 'c.ts']]);
   });
 
   it('lists the demo packages a production install lacks, so demo can name them', () => {
@@ -112,5 +123,42 @@ describe('exit codes by cause', () => {
     expect(e.message).toContain('internal error');
     expect(e.hint).toContain('bug in migrate');
     expect(e.hint).not.toContain('--resume');
+  });
+});
+
+describe('crash drills', () => {
+  let pair: DbPair;
+  beforeAll(async () => {
+    ({ pair } = await guardedPair('drill', { rows: 60, seed: 9, dirty: [] }));
+  });
+  afterAll(async () => pair?.drop());
+
+  it('ignores a fault variable left set in the environment: the production path reads none', async () => {
+    const cfg = writeConfig(pair);
+    const r = await runCli(['apply', '--config', cfg.file, '--json'], { ...cfg.env, BLUEGREEN_FAULT: 'pause-before:snapshot:*' });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).not.toContain('paused');
+  });
+
+  it('refuses a malformed --drill-pause point with exit 1 before connecting', async () => {
+    const cfg = writeConfig(pair);
+    const r = await runCli(['apply', '--config', cfg.file, '--drill-pause', 'pause-before:snapshot'], cfg.env);
+    expect(r.code).toBe(ExitCode.usage);
+    expect(r.stderr).toContain('write before:<step>:<unit> or after:<step>:<unit>');
+  });
+
+  it('warns loudly, stops at the drill point and stays there until killed', async () => {
+    const cfg = writeConfig(pair);
+    const { child, stderr } = await startCliUntil(['apply', '--config', cfg.file, '--restart', '--drill-pause', 'before:snapshot:pre-data'], cfg.env, 'fault: paused before snapshot:pre-data');
+    expect(stderr()).toContain('WARNING: --drill-pause is a crash-drill flag');
+    expect(child.exitCode).toBeNull();
+    await kill9(child);
+  });
+
+  it('keeps --drill-pause out of --help', async () => {
+    const r = await runCli(['apply', '--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('--resume');
+    expect(r.stdout).not.toContain('drill');
   });
 });

@@ -129,7 +129,7 @@ describe('connection loss', () => {
       await seedBlue(pair, SEED);
       await addBulk(pair.blueDsn);
       const cfg = writeConfig(pair, { snapshot: { jobs: 1 } });
-      const { child } = await startCliUntil(['apply', '--config', cfg.file], { ...cfg.env, BLUEGREEN_FAULT: 'pause-after:snapshot:data:public.bulk' }, 'fault: paused after snapshot:data:public.bulk');
+      const { child } = await startCliUntil(['apply', '--config', cfg.file, '--drill-pause', 'after:snapshot:data:public.bulk'], cfg.env, 'fault: paused after snapshot:data:public.bulk');
       await kill9(child);
       // Green "restored from an older backup": work the journal calls done is gone.
       await withClient(pair.greenDsn, (c) => c.query(loss.lose));

@@ -30,7 +30,7 @@ describe('crash and resume', () => {
     pairs.push(pair);
     await seedBlue(pair, SEED);
     const cfg = writeConfig(pair, { snapshot: { jobs: 1 } });
-    const { child } = await startCliUntil(['apply', '--config', cfg.file], { ...cfg.env, BLUEGREEN_FAULT: 'pause-after:snapshot:data:*' }, 'fault: paused after snapshot:data:');
+    const { child } = await startCliUntil(['apply', '--config', cfg.file, '--drill-pause', 'after:snapshot:data:*'], cfg.env, 'fault: paused after snapshot:data:');
     await kill9(child);
     const copied = await withClient(pair.blueDsn, async (c) => (await c.query(`SELECT count(*)::int AS n FROM bluegreen.journal WHERE step = 'snapshot' AND unit LIKE 'data:%' AND status = 'done'`)).rows[0].n);
     expect(copied).toBe(1);
@@ -52,7 +52,7 @@ describe('crash and resume', () => {
     pairs.push(pair);
     await seedBlue(pair, SEED);
     const cfg = writeConfig(pair);
-    const { child } = await startCliUntil(['apply', '--config', cfg.file], { ...cfg.env, BLUEGREEN_FAULT: 'pause-before:migrate:migration:20211011000006000000' }, 'fault: paused before migrate:migration:');
+    const { child } = await startCliUntil(['apply', '--config', cfg.file, '--drill-pause', 'before:migrate:migration:20211011000006000000'], cfg.env, 'fault: paused before migrate:migration:');
     await kill9(child);
     const applied = await withClient(pair.greenDsn, async (c) => (await c.query(`SELECT count(*)::int AS n FROM schema_migration WHERE version >= '20211011000001000000'`)).rows[0].n);
     expect(applied).toBe(5);
@@ -69,7 +69,7 @@ describe('crash and resume', () => {
     pairs.push(pair);
     await seedBlue(pair, { ...SEED, rows: 200 });
     const cfg = writeConfig(pair);
-    const { child } = await startCliUntil(['apply', '--config', cfg.file], { ...cfg.env, BLUEGREEN_FAULT: 'pause-after:capture:outbox' }, 'fault: paused');
+    const { child } = await startCliUntil(['apply', '--config', cfg.file, '--drill-pause', 'after:capture:outbox'], cfg.env, 'fault: paused');
     try {
       const started = Date.now();
       const second = await runCli(['apply', '--config', cfg.file, '--json'], cfg.env);

@@ -1,6 +1,6 @@
 // Semantic invariants: the Hydra profile's hold on an honest upgrade, a migration that silently
 // un-remembers consents is caught with the invariant's name, counts and sample keys (exit 5), and
-// every relation behaves as documented on real databases.
+// every relation behaves as documented on real databases (quarantine is listed, never credited).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -67,7 +67,7 @@ describe('semantic invariants', () => {
       green = await connect('green', pair.greenDsn);
       await blue.query(`CREATE TABLE k (id text); INSERT INTO k VALUES ('a'), ('b'), ('c')`);
       await green.query(`CREATE TABLE k (id text); INSERT INTO k VALUES ('a'), ('b'), ('z')`);
-      await green.query(`CREATE SCHEMA bluegreen_quarantine; CREATE TABLE bluegreen_quarantine.k (row jsonb); INSERT INTO bluegreen_quarantine.k VALUES ('{"id":"c"}')`);
+      await green.query(`CREATE SCHEMA bluegreen_quarantine; CREATE TABLE bluegreen_quarantine.k (rule text, row jsonb); INSERT INTO bluegreen_quarantine.k VALUES ('rule-c', '{"id":"c"}')`);
     });
     afterAll(async () => {
       await blue?.end();
@@ -83,11 +83,12 @@ describe('semantic invariants', () => {
       ...extra,
     });
 
-    it('blue-subset-of-green counts a quarantined blue key as accounted for', async () => {
+    it('blue-subset-of-green lists a quarantined blue key as an expected loss by rule, and an unquarantined one as unexpected', async () => {
       const bare = await checkInvariant(blue, green, spec('blue-subset-of-green'), params);
-      expect(bare).toMatchObject({ passed: false, offending: 1, sample: ['c'] });
+      expect(bare).toMatchObject({ passed: false, offending: 1, sample: ['c'], expected: [] });
       const net = await checkInvariant(blue, green, spec('blue-subset-of-green', { quarantine: [{ table: 'public.k', key: `row ->> 'id'` }] }), params);
-      expect(net).toMatchObject({ passed: true, quarantinedCount: 1 });
+      expect(net).toMatchObject({ passed: true, offending: 0, quarantinedCount: 1, expected: [{ rule: 'rule-c', count: 1, sample: ['c'] }] });
+      expect(net.message).toContain('expected: 1 quarantined (rule-c 1)');
     });
 
     it('equal reports keys missing on either side', async () => {
@@ -95,7 +96,7 @@ describe('semantic invariants', () => {
       expect(r).toMatchObject({ passed: false, sample: ['z'] });
     });
 
-    it('equal-counts compares row counts net of quarantine', async () => {
+    it('equal-counts compares row counts, quarantined keys listed as expected', async () => {
       expect((await checkInvariant(blue, green, spec('equal-counts'), params)).passed).toBe(true);
       const r = await checkInvariant(blue, green, spec('equal-counts', { green: `SELECT id FROM k WHERE id <> 'z'` }), params);
       expect(r).toMatchObject({ passed: false, blueCount: 3, greenCount: 2 });

@@ -90,7 +90,7 @@ describe('snapshot copy', () => {
 
   it('gives the same green after a SIGKILL in the middle of one table\'s PK ranges and a resume', async () => {
     const { pair, cfg } = await newPair('snap_kill');
-    const child = await copyOnlyUntil([cfg.file], { ...cfg.env, BLUEGREEN_FAULT: `pause-before:snapshot:data:${ACCESS}:3/3` }, 'fault: paused before');
+    const child = await copyOnlyUntil([cfg.file, '--drill-pause', `before:snapshot:data:${ACCESS}:3/3`], cfg.env, 'fault: paused before');
     await kill9(child);
     const states = await withClient(pair.blueDsn, async (c) => (await c.query<{ unit: string; status: string }>(`SELECT unit, status FROM bluegreen.journal WHERE unit LIKE 'data:${ACCESS}:%' ORDER BY unit`)).rows);
     expect(states).toEqual([
@@ -110,7 +110,7 @@ describe('snapshot copy', () => {
 
   it('fails with exit 5 and names the table when a copied row was changed on green before verification', async () => {
     const { cfg, pair } = await newPair('snap_tamper');
-    const child = await copyOnlyUntil([cfg.file], { ...cfg.env, BLUEGREEN_FAULT: 'pause-before:snapshot:verify' }, 'fault: paused before');
+    const child = await copyOnlyUntil([cfg.file, '--drill-pause', 'before:snapshot:verify'], cfg.env, 'fault: paused before');
     await kill9(child);
     await withClient(pair.greenDsn, (c) => c.query(`UPDATE public.hydra_client SET client_name = client_name || 'x' WHERE pk = (SELECT min(pk) FROM public.hydra_client)`));
     const resumed = await copyOnly([cfg.file, '--resume', '--verify', 'full'], cfg.env);
@@ -122,7 +122,7 @@ describe('snapshot copy', () => {
 
   it('refuses to resume over a copied table that lost rows behind its foreign keys, naming --restart', async () => {
     const { cfg, pair } = await newPair('snap_lost');
-    const child = await copyOnlyUntil([cfg.file], { ...cfg.env, BLUEGREEN_FAULT: 'pause-before:snapshot:verify' }, 'fault: paused before');
+    const child = await copyOnlyUntil([cfg.file, '--drill-pause', 'before:snapshot:verify'], cfg.env, 'fault: paused before');
     await kill9(child);
     await withClient(pair.greenDsn, (c) => c.query(`DELETE FROM ${ACCESS} WHERE signature = (SELECT min(signature) FROM ${ACCESS})`));
     const resumed = await copyOnly([cfg.file, '--resume', '--verify', 'full'], cfg.env);

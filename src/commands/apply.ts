@@ -4,6 +4,8 @@
 import fs from 'node:fs';
 import type { ResolvedConfig } from '../config/load.ts';
 import { listQuarantine } from '../db/quarantine.ts';
+import { accessChangeLines, type AccessChange } from '../engines/access.ts';
+import { drillHooksFromFlag } from '../drill.ts';
 import { UsageError } from '../errors.ts';
 import { progressSink } from '../report/progress.ts';
 import { applyInPlaceCommand } from './apply-in-place.ts';
@@ -11,10 +13,11 @@ import { applyMarkdown } from '../report/apply-summary.ts';
 import { checkGuardrails, outboxBacklog } from '../cutover/guardrails.ts';
 import { Journal } from '../state/journal.ts';
 import { collectMetrics, dbStats, metricsText, recordBaseline } from '../report/metrics.ts';
-import { apply, STEPS, type ProgressSink, type StepResult } from '../runner.ts';
+import { apply, STEPS, type ProgressSink } from '../runner.ts';
 import type { ValidationReport } from '../steps/validate.ts';
+import { validationLines } from '../validate/report-text.ts';
 import type { ResumeMode } from '../state/journal.ts';
-import { table, type CommandResult } from './result.ts';
+import { stepsTable, type CommandResult } from './result.ts';
 import { withContext } from './session.ts';
 
 /** Flags of `migrate apply`. */
@@ -43,6 +46,8 @@ export interface ApplyFlags {
   rewrite?: boolean;
   /** Accept a migrations folder with nothing pending: copy without migrating. */
   allowNoMigrations?: boolean;
+  /** Crash drill: stop at this journal unit and wait to be killed (`before:<step>:<unit>`; hidden flag). */
+  drillPause?: string;
   /** Progress sink override (demo, tests). */
   sink?: ProgressSink;
 }
@@ -55,19 +60,15 @@ export interface QuarantineTotals {
   byReason: Record<string, number>;
 }
 
-/** Renders step results as a table. */
-export function stepsTable(results: readonly StepResult[]): string {
-  return table([['step', 'status', 'ms'], ...results.map((r) => [r.name, r.status, String(r.ms)])]);
-}
-
 /** Runs `migrate apply`. */
 export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
   if (flags.resume && flags.restart) throw new UsageError('--resume and --restart exclude each other', 'pass one of them');
   if (flags.acceptNewSnapshot && !flags.resume) throw new UsageError('--accept-new-snapshot only applies with --resume', 'add --resume');
   const mode: ResumeMode = flags.resume ? 'resume' : flags.restart ? 'restart' : 'fresh';
-  if (flags.inPlace) return applyInPlaceCommand(flags, mode);
+  const hooks = drillHooksFromFlag(flags.drillPause);
+  if (flags.inPlace) return applyInPlaceCommand(flags, mode, hooks);
   const run = { acceptNewSnapshot: !!flags.acceptNewSnapshot, restart: !!flags.restart, resume: !!flags.resume, allowNoMigrations: !!flags.allowNoMigrations, ...(flags.jobs ? { jobs: flags.jobs } : {}), ...(flags.verify ? { verify: flags.verify } : {}) };
-  return withContext({ config: flags.config, run }, async (ctx) => {
+  return withContext({ config: flags.config, run, ...(hooks ? { hooks } : {}) }, async (ctx) => {
     const baseline = await dbStats(ctx.green);
     const outcome = await apply(ctx, mode, flags.sink ?? progressSink(!!flags.json), STEPS, { rehearsal: !!flags.dryRun });
     // After a failed run a side may be gone: the figures are best effort, the error stays the report.
@@ -80,9 +81,13 @@ export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
       quarantine.rows += q.rows;
       quarantine.byReason[q.rule] = (quarantine.byReason[q.rule] ?? 0) + q.rows;
     }
+    // Recorded by cleanup as it moved the rows (kept in the journal, so a resumed run reports them too).
+    const cleanupDetail = outcome.results.find((r) => r.name === 'cleanup')?.detail;
+    const accessChanges = (cleanupDetail?.accessChanges as AccessChange[] | undefined) ?? [];
+    const rewritten = (cleanupDetail?.rewritten as Record<string, number> | undefined) ?? {};
     const validationStep = outcome.results.find((r) => r.name === 'validate');
     const report = (validationStep?.detail?.validation ?? null) as ValidationReport | null;
-    const validation = report ? { passed: report.passed, failures: report.failures } : null;
+    const validation = report;
     const exitCode = outcome.error?.exitCode ?? 0;
     // A rehearsal also says whether a cutover would be let through now (informational: a dry run
     // cuts nothing over, so the verdicts do not change its exit code).
@@ -94,6 +99,8 @@ export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
       resumed: outcome.resumed,
       steps: outcome.results.map((r) => ({ name: r.name, status: r.status, ms: r.ms })),
       quarantine,
+      accessChanges,
+      rewritten,
       validation,
       metrics,
       ...(flags.dryRun ? { dryRun: true, guardrails } : {}),
@@ -102,7 +109,9 @@ export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
     if (flags.reportMd) fs.writeFileSync(flags.reportMd, applyMarkdown(json, metrics, !!flags.dryRun));
     const lines = [`run ${outcome.runId}${outcome.resumed ? ' (resumed)' : ''}`, stepsTable(outcome.results), `quarantined rows: ${quarantine.rows}`];
     for (const [rule, n] of Object.entries(quarantine.byReason)) lines.push(`  ${rule}: ${n}`);
-    if (validation) lines.push(`validation: ${validation.passed ? 'passed' : `FAILED\n  ${validation.failures.join('\n  ')}`}`);
+    for (const [rule, n] of Object.entries(rewritten)) lines.push(`rewritten in place (rows kept): ${rule}: ${n}`);
+    if (cleanupDetail) lines.push(...accessChangeLines(accessChanges, 'lost'));
+    if (validation) lines.push(...validationLines(validation));
     if (guardrails) lines.push('cutover guardrails (dry run, informational):', ...guardrails.map((g) => `  ${g.ok ? 'ok ' : 'NO '} ${g.id}: ${g.detail}`));
     lines.push(metricsText(metrics));
     if (outcome.error) lines.push(`error: ${outcome.error.message}`, `hint: ${outcome.error.hint}`);

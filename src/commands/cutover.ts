@@ -25,7 +25,7 @@ export interface CutoverFlags extends CommonOptions {
 
 /** Runs `migrate cutover`. */
 export async function cutoverCommand(flags: CutoverFlags): Promise<CommandResult> {
-  return withContext({ config: flags.config }, async (ctx) => {
+  return withContext({ config: flags.config, lock: 'cutover' }, async (ctx) => {
     const run = await latestRun(ctx.blue, { kind: 'real' });
     if (!run) {
       // Only a rehearsal to offer: say so through the same guardrails instead of "no run".
@@ -37,23 +37,25 @@ export async function cutoverCommand(flags: CutoverFlags): Promise<CommandResult
     ctx.progress = (text) => void process.stderr.write(`${new Date().toISOString().slice(11, 19)} cutover: ${text}\n`);
     const kv = kvFromEnv();
     const queue = queueFromConfig(ctx.config);
-    const profile = ctx.config.raw.replay.profile;
+    // Both directions come from the engine the config names: green's capture tables and replay
+    // semantics after the flip, blue's semantics for a rollback (src/engines).
+    const engine = ctx.config.engine;
     const phase = await runCutoverPhase({
       ctx,
       yes: !!flags.yes,
       kv: kv.kv,
       // After the flip: green's own revocations are captured (for a rollback), then blue's window is replayed into green.
       drain: async () => {
-        await installGreenCapture(ctx.green);
+        await installGreenCapture(ctx.green, engine.capture.green);
         const moreTargets = await moreConnections('green', ctx.config.greenDsn, ctx.config.raw.replay.jobs - 1);
         try {
-          const stats = await drain({ source: ctx.blue, sourceSide: 'blue', target: ctx.green, moreTargets, profile, ...(queue ? { queue } : {}), progress: ctx.progress });
+          const stats = await drain({ source: ctx.blue, sourceSide: 'blue', target: ctx.green, moreTargets, profile: engine.replay.green, ...(queue ? { queue } : {}), progress: ctx.progress });
           return { replayed: stats.applied };
         } finally {
           await Promise.all(moreTargets.map((c) => c.end().catch(() => {})));
         }
       },
-      replayToBlue: async () => ({ replayed: (await drain({ source: ctx.green, sourceSide: 'green', target: ctx.blue, profile: 'hydra-v1', progress: ctx.progress })).applied }),
+      replayToBlue: async () => ({ replayed: (await drain({ source: ctx.green, sourceSide: 'green', target: ctx.blue, profile: engine.replay.blue, progress: ctx.progress })).applied }),
     }).finally(() => kv.dispose());
     const metrics = await collectMetrics(ctx, { probesBefore: phase.probesBefore, probesAfter: phase.watch?.probes ?? [] });
     if (flags.reportMd) fs.writeFileSync(flags.reportMd, metricsMarkdown(metrics, { title: 'migrate cutover', cutover: phase.cutover }));

@@ -30,7 +30,6 @@ import type { CommandResult } from './result.ts';
 import { withContext } from './session.ts';
 
 const SQL_DIR = fileURLToPath(new URL('../../sql/fixtures/', import.meta.url));
-const TOKEN_TABLES = ['public.hydra_oauth2_access', 'public.hydra_oauth2_refresh', 'public.hydra_oauth2_consent_request', 'public.hydra_oauth2_consent_request_handled'];
 
 /** Flags of `migrate demo`. */
 export interface DemoFlags {
@@ -78,8 +77,6 @@ function demoConfig(migrations: string, greenStandinUrl: string, fault: DemoFlag
     green: { dsn: 'env:DEMO_GREEN_DSN' },
     profile: 'hydra',
     migrations: { kind: 'pop', dir: migrations },
-    // Tables the window's traffic writes on blue are reconciled by drain and checked by invariants, not by counts.
-    validate: { skipTables: TOKEN_TABLES },
     lever: {
       kind: 'sql',
       database: 'env:DEMO_INTERNAL_DSN',
@@ -177,11 +174,16 @@ export async function demoCommand(flags: DemoFlags): Promise<CommandResult> {
 
     const outcome = await withContext({ config }, async (ctx) => {
       ctx.journal = new Journal(ctx.blue, String(applied.json.runId));
-      await installGreenCapture(ctx.green);
+      const engine = ctx.config.engine;
+      await installGreenCapture(ctx.green, engine.capture.green);
       // Catch up before the flip, so the drain after it only carries the tail.
-      const before = await drain({ source: ctx.blue, sourceSide: 'blue', target: ctx.green, profile: 'hydra-v2' });
+      const timed: { name: string; status: 'done' | 'failed' | 'not-run'; ms: number }[] = [];
+      let started = Date.now();
+      const before = await drain({ source: ctx.blue, sourceSide: 'blue', target: ctx.green, profile: engine.replay.green });
+      timed.push({ name: 'drain-before-cutover', status: 'done', ms: Date.now() - started });
       say(`pre-cutover drain: ${before.applied} captured revocations replayed into green`);
       const watch = watchSchema.parse({ windowSeconds: 4, intervalSeconds: 1, probes: [{ name: 'router', kind: 'http', url: `${edge.url}/health/ready` }], thresholds: { maxErrorRate: 0.2, maxLatencyMs: 2000, minSamples: 3 } });
+      started = Date.now();
       const phase = await runCutoverPhase({
         ctx,
         yes: true,
@@ -189,12 +191,22 @@ export async function demoCommand(flags: DemoFlags): Promise<CommandResult> {
         kv: () => kvNamespaceStore(edge.routes),
         watch,
         drain: async () => {
+          const drainStarted = Date.now();
           await edge.resumeConsumer();
-          const tail = await drain({ source: ctx.blue, sourceSide: 'blue', target: ctx.green, profile: 'hydra-v2' });
+          const tail = await drain({ source: ctx.blue, sourceSide: 'blue', target: ctx.green, profile: engine.replay.green }).catch((err: unknown) => {
+            timed.push({ name: 'drain', status: 'failed', ms: Date.now() - drainStarted });
+            throw err;
+          });
+          timed.push({ name: 'drain', status: 'done', ms: Date.now() - drainStarted });
           return { replayed: before.applied + tail.applied };
         },
-        replayToBlue: async () => ({ replayed: (await drain({ source: ctx.green, sourceSide: 'green', target: ctx.blue, profile: 'hydra-v1' })).applied }),
+        replayToBlue: async () => ({ replayed: (await drain({ source: ctx.green, sourceSide: 'green', target: ctx.blue, profile: engine.replay.blue })).applied }),
       });
+      // The cutover phase's own steps, in the order they ran, so `steps` tells the whole story.
+      const flipped = phase.cutover.targets.some((t) => t.status !== 'pending');
+      timed.splice(1, 0, { name: 'cutover', status: phase.cutover.rolledBack || !flipped ? 'failed' : 'done', ms: phase.cutover.ms });
+      timed.push({ name: 'watch', status: phase.watch ? (phase.watch.breach ? 'failed' : 'done') : 'not-run', ms: phase.watch?.ms ?? 0 });
+      timed.push({ name: 'cutover-phase', status: phase.error ? 'failed' : 'done', ms: Date.now() - started });
       const metrics = await collectMetrics(ctx, { probesBefore: phase.probesBefore, probesAfter: phase.watch?.probes ?? [] });
       const captured = Number((await ctx.blue.query<{ n: string }>('SELECT count(*) AS n FROM bluegreen.outbox')).rows[0]?.n ?? 0);
       const replayed = Number((await ctx.green.query<{ n: string }>('SELECT count(*) AS n FROM bluegreen_green.replayed')).rows[0]?.n ?? 0);
@@ -204,12 +216,13 @@ export async function demoCommand(flags: DemoFlags): Promise<CommandResult> {
       const lost = plan.mustBeInactive.filter((s) => liveActive.has(s)).length;
       const resurrected = [...liveActive].filter((s) => !blueActive.has(s) && !s.startsWith('ory_')).length;
       const upstream = await edge.routes.get('upstream', 'text');
-      return { phase, metrics, revocations: { requests: plan.ops.length, succeeded: cursor.ok, captured, replayed, lost, resurrected }, upstream };
+      return { phase, metrics, timed, revocations: { requests: plan.ops.length, succeeded: cursor.ok, captured, replayed, lost, resurrected }, upstream };
     });
-    const { phase, metrics, revocations } = outcome;
+    const { phase, metrics, revocations, timed } = outcome;
     const exitCode = phase.error?.exitCode ?? 0;
     const json = {
       ...base,
+      steps: [...(applied.json.steps as { name: string; status: string; ms: number }[]), ...timed],
       ok: exitCode === 0 && revocations.lost === 0 && revocations.resurrected === 0,
       exitCode,
       revocations,

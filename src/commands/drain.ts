@@ -9,7 +9,7 @@ import { ExitCode, FindingsError, StateError } from '../errors.ts';
 import { queueFromConfig } from '../queue/from-config.ts';
 import type { ReplayProfile } from '../replay/semantics.ts';
 import { drain, type DrainStats } from '../steps/drain.ts';
-import { latestRun } from '../state/journal.ts';
+import { acquireRunLock, latestRun } from '../state/journal.ts';
 import { assertGreenIdentity, identityGuardrails, identityRefusal } from '../cutover/guardrails.ts';
 import type { CommandResult } from './result.ts';
 
@@ -85,6 +85,7 @@ export async function drainCommand(flags: DrainFlags): Promise<CommandResult> {
     const moreTargets: Db[] = [];
     try {
       const [blue, green] = from === 'blue' ? [source, target] : [target, source];
+      await acquireRunLock(blue, 'drain');
       await assertDrainGreen(blue, green, config.greenDsn);
       if (!(await hasOutbox(source))) {
         throw new StateError(`no revocation outbox on ${from}`, from === 'blue' ? 'run `migrate apply` first (its capture step installs the outbox)' : 'capture on green is installed by cutover; run `migrate cutover` before draining into blue');

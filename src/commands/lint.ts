@@ -33,7 +33,8 @@ export async function lintCommand(files: string[], flags: LintFlags): Promise<Co
   const fromConfig = config?.raw.lint.queriesFile ? path.resolve(path.dirname(config.file), config.raw.lint.queriesFile) : undefined;
   const queriesFile = flags.queries ?? fromConfig;
   const ignore = [...(config?.raw.lint.ignore ?? []), ...(flags.ignore ?? [])];
-  const { findings } = await lintMigrations(migrations, { ignore, ...(queriesFile ? { queriesFile } : {}) });
+  // Rewrites show the batch size in-place mode would use: the config's, else the default.
+  const { findings } = await lintMigrations(migrations, { ignore, ...(queriesFile ? { queriesFile } : {}), ...(config ? { batchRows: config.raw.inPlace.backfillBatchRows } : {}) });
   const exitCode = findings.length ? 5 : 0;
   const text = findings.length ? `${findingLines(findings).join('\n')}\n${findings.length} finding(s) in ${migrations.length} file(s)` : `${migrations.length} file(s) clean`;
   return { exitCode, json: { ok: !findings.length, exitCode, files: migrations.length, findings }, text };

@@ -2,6 +2,7 @@
 // The CLI entry prints exactly one of the two and exits with the code.
 
 import { OperatorError } from '../errors.ts';
+import type { StepResult } from '../runner.ts';
 
 /** A finished command. */
 export interface CommandResult {
@@ -27,4 +28,9 @@ export function table(rows: readonly (readonly string[])[]): string {
   const widths: number[] = [];
   for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')).join('\n');
+}
+
+/** Renders step results (name, status, wall time) as a table. */
+export function stepsTable(results: readonly Pick<StepResult, 'name' | 'status' | 'ms'>[]): string {
+  return table([['step', 'status', 'ms'], ...results.map((r) => [r.name, r.status, String(r.ms)])]);
 }

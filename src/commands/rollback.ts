@@ -16,7 +16,8 @@ import { withContext, type CommonOptions } from './session.ts';
 
 /** Runs `migrate rollback [--yes]`: without --yes it only shows what it would undo. */
 export async function rollbackCommand(flags: CommonOptions & { yes?: boolean }): Promise<CommandResult> {
-  return withContext({ config: flags.config }, async (ctx) => {
+  // Only --yes writes; showing the plan must work while a cutover holds the lock.
+  return withContext({ config: flags.config, ...(flags.yes ? { lock: 'rollback' } : {}) }, async (ctx) => {
     const run = await latestRun(ctx.blue, { kind: 'real' });
     if (!run) throw new StateError('there is no run to roll back', 'nothing was cut over; `migrate status` shows the state');
     await assertGreenIdentity('rollback', ctx.green, run, ctx.config.greenDsn);

@@ -3,6 +3,8 @@
 import os from 'node:os';
 import { loadConfig, type ResolvedConfig } from '../config/load.ts';
 import { openSession } from '../runner.ts';
+import { acquireRunLock } from '../state/journal.ts';
+import type { UnitHooks } from '../drill.ts';
 import type { RunOptions, StepContext } from '../steps/step.ts';
 
 /** Options every database command accepts. */
@@ -18,11 +20,13 @@ export function runOptions(config: ResolvedConfig, overrides: Partial<RunOptions
   return { acceptNewSnapshot: false, restart: false, resume: false, verify: 'sample', jobs: config.raw.snapshot.jobs ?? Math.max(1, os.availableParallelism()), ...overrides };
 }
 
-/** Loads the config, connects, runs `fn`, closes. */
-export async function withContext<T>(opts: { config: string | ResolvedConfig; run?: Partial<RunOptions> }, fn: (ctx: StepContext) => Promise<T>): Promise<T> {
+/** Loads the config, connects, takes the run lock when `lock` names a command that writes, runs `fn`, closes. */
+export async function withContext<T>(opts: { config: string | ResolvedConfig; run?: Partial<RunOptions>; lock?: string; hooks?: UnitHooks }, fn: (ctx: StepContext) => Promise<T>): Promise<T> {
   const config = typeof opts.config === 'string' ? loadConfig(opts.config) : opts.config;
   const session = await openSession(config, runOptions(config, opts.run));
+  if (opts.hooks) session.ctx.hooks = opts.hooks;
   try {
+    if (opts.lock) await acquireRunLock(session.ctx.blue, opts.lock);
     return await fn(session.ctx);
   } finally {
     await session.close();

@@ -1,20 +1,19 @@
-// `migrate validate`: compare blue and green now, outside a run.
+// `migrate validate`: compare green with blue as of the snapshot of the run that built green. A green
+// whose run has not finished its migrations is refused (exit 3, naming the step): it never "passes".
 
 import { ExitCode } from '../errors.ts';
 import { validateCopy } from '../steps/validate.ts';
-import { table, type CommandResult } from './result.ts';
+import { finishedRunOfGreen } from '../validate/as-of-snapshot.ts';
+import { validationLines } from '../validate/report-text.ts';
+import type { CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
 
-/** Runs `migrate validate`; exit 5 when blue and green disagree. */
+/** Runs `migrate validate`; exit 5 when green lost something unexpectedly, 3 when green's run is unfinished. */
 export async function validateCommand(flags: CommonOptions): Promise<CommandResult> {
   return withContext({ config: flags.config }, async (ctx) => {
-    const report = await validateCopy(ctx, await ctx.source.all());
+    const runId = await finishedRunOfGreen(ctx.blue, ctx.green, ctx.source);
+    const report = await validateCopy(ctx, await ctx.source.all(), { runId });
     const exitCode = report.passed ? ExitCode.ok : ExitCode.findings;
-    const text = [
-      table([['table', 'blue', 'green', 'quarantined', 'columns', 'ok'], ...report.tables.map((t) => [t.table, String(t.blueRows), String(t.greenRows), String(t.quarantinedRows), String(t.checkedColumns.length), t.ok ? 'yes' : `NO: ${t.problem}`])]),
-      ...report.skipped.map((s) => `not compared: ${s.table} (${s.reason})`),
-      `validation: ${report.passed ? 'passed' : 'FAILED'}`,
-    ];
-    return { exitCode, json: { ok: report.passed, exitCode, validation: report }, text: text.join('\n') };
+    return { exitCode, json: { ok: report.passed, exitCode, validation: report }, text: validationLines(report).join('\n') };
   });
 }

@@ -5,8 +5,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
-import { configSchema, type CaptureTable, type CleanupRule, type Config } from './schema.ts';
-import { profileDefaults } from './profiles.ts';
+import { configSchema, type CaptureTable, type Config } from './schema.ts';
+import { resolveEngine, type ResolvedEngine } from '../engines/index.ts';
+import type { EngineCleanupRule } from '../engines/types.ts';
 import { checkSqlFragment, SHAPE_HINT, type SqlShape } from './sql-fragment.ts';
 
 /** A checked config with secrets resolved; `secrets` lists values that must never be printed. */
@@ -21,12 +22,14 @@ export interface ResolvedConfig {
   greenDsn: string;
   /** Migrations directory resolved against the config file's folder (when the source has one). */
   migrationsDir: string | null;
-  /** Cleanup rules: profile defaults then configured ones. */
-  cleanupRules: CleanupRule[];
+  /** Cleanup rules: the engine's (with their tie-breaks) then configured ones. */
+  cleanupRules: EngineCleanupRule[];
   /** Capture tables: configured, or the profile's. */
   captureTables: CaptureTable[];
   /** Values to strip from any output. */
   secrets: string[];
+  /** The engine named by `profile` (src/engines), resolved once. */
+  engine: ResolvedEngine;
 }
 
 /** Loads and checks `file`; throws ConfigError listing every problem. */
@@ -75,16 +78,17 @@ export function resolveConfig(json: unknown, file: string, env: NodeJS.ProcessEn
   }
 
   const raw = parsed.data;
-  const defaults = profileDefaults(raw.profile);
+  const engine = resolveEngine(raw.profile, raw.replay.profile);
   return {
     file,
     raw,
     blueDsn,
     greenDsn,
     migrationsDir,
-    cleanupRules: [...defaults.cleanupRules, ...raw.cleanup.rules],
-    captureTables: raw.capture.tables ?? defaults.captureTables,
+    cleanupRules: [...engine.cleanupRules.map((r) => ({ ...r })), ...raw.cleanup.rules],
+    captureTables: raw.capture.tables ?? [...engine.capture.blue],
     secrets,
+    engine,
   };
 }
 

@@ -87,13 +87,13 @@ export const watchSchema = z.strictObject({
 export const invariantSchema = z.strictObject({
   name: targetName,
   description: z.string().default(''),
-  blue: z.string().min(1).optional().describe('returns one key per row (first column); may use $1 = capture start, $2 = drained (boolean)'),
+  blue: z.string().min(1).optional().describe('returns one key per row (first column); may use $1 = capture start, $2 = drained (boolean), $3 = the snapshot of the copy (txid_snapshot: keep rows whose xmin it saw)'),
   green: z.string().min(1).describe('returns one key per row; for green-empty it gets blue\'s keys as $1 (text[]) when blue is set'),
   relation: z.enum(['equal', 'equal-counts', 'blue-subset-of-green', 'green-empty']),
   quarantine: z
     .array(z.strictObject({ table: z.string().regex(/^[^.\s]+\.[^.\s]+$/), key: z.string().min(1).describe('SQL over the quarantined row (jsonb `row`) giving the same key') }))
     .default([])
-    .describe('blue keys quarantined on green count as accounted for'),
+    .describe('blue keys quarantined on green are listed as expected losses by rule (never failed, never credited as present)'),
 });
 
 /** Guardrails checked before any target is committed. */

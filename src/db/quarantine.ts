@@ -1,15 +1,24 @@
 // Quarantine: rows are never deleted, they are moved. A rule's rows, and every row that depends on
 // them through a foreign key (found in the catalog, recursively), move in one transaction into
 // `bluegreen_quarantine.<table>` as jsonb with run id, rule and reason; `restore` puts them back.
+// Where a value can be rewritten instead (a dangling reference set to NULL as the engine's own
+// migration does, a list escaped so the migration converts it to what it meant), the row stays and
+// the old value is recorded in `bluegreen_quarantine._rewrites` (a partial row: key and old value),
+// restorable the same way until a migration retypes the column.
 
 import fs from 'node:fs';
-import { listForeignKeys, type ForeignKey } from './catalog.ts';
+import { listForeignKeys, listTables, type ForeignKey } from './catalog.ts';
 import { query, type Db } from './connect.ts';
 import { ident, literal, qualified, tableKey, type TableRef } from './sql.ts';
 import { StateError } from '../errors.ts';
 
 /** Schema holding quarantined rows on the database that was cleaned. */
 export const QUARANTINE_SCHEMA = 'bluegreen_quarantine';
+/** The type of column `$5` of table `$4` (`schema.table`) as it is now. */
+const COLUMN_TYPE = `(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = to_regclass($4::text) AND a.attname::text = $5::text AND a.attnum > 0 AND NOT a.attisdropped)`;
+/** Tables of the quarantine schema that are ours, not per-source-table holds. */
+const OWN_TABLES = ['_template', '_rewrites'];
+const REWRITES = qualified(QUARANTINE_SCHEMA, '_rewrites');
 const SETUP_SQL = fs.readFileSync(new URL('../../sql/state/quarantine.sql', import.meta.url), 'utf8');
 
 /** Quarantine table name for a source table (`<table>` in public, `<schema>__<table>` elsewhere). */
@@ -95,6 +104,115 @@ export async function quarantineRule(db: Db, runId: string, rule: string, root: 
   return moved;
 }
 
+/** A rule that keeps its rows and rewrites values instead of moving them. */
+export interface RewriteStep extends MoveStep {
+  /** Columns rewritten: per column, which rows (alias `t`) and the new value (an expression over `t`). */
+  columns: readonly { column: string; where: string; set: string }[];
+  /** Primary key columns of the table (how restore finds the row again). */
+  key: string[];
+}
+
+/**
+ * Rewrites each column on the rows its predicate selects and records each row's key and old value
+ * (as a partial row), one statement per column (a data-modifying CTE always runs), all in one
+ * transaction; returns the values rewritten.
+ */
+export async function rewriteRule(db: Db, runId: string, rule: string, step: RewriteStep): Promise<number> {
+  const table = qualified(step.table.schema, step.table.name);
+  let total = 0;
+  await query(db, 'BEGIN');
+  try {
+    for (const c of step.columns) {
+      const partial = `jsonb_build_object(${[...step.key, c.column].map((k) => `${literal(k)}, t.${ident(k)}`).join(', ')})`;
+      const sql = `WITH old AS (SELECT t.ctid AS c, ${partial} AS row FROM ${table} t WHERE ${c.where}),
+          changed AS (UPDATE ${table} t SET ${ident(c.column)} = ${c.set} FROM old WHERE t.ctid = old.c RETURNING 1)
+        INSERT INTO ${REWRITES} (run_id, rule, reason, source_table, column_name, key_columns, row, column_type)
+        SELECT $1, $2, $3, $4, $5, $6, old.row, ${COLUMN_TYPE} FROM old`;
+      const res = await query(db, sql, [runId, rule, step.reason, tableKey(step.table), c.column, step.key], { sql });
+      total += res.rowCount ?? 0;
+    }
+    await query(db, 'COMMIT');
+  } catch (err) {
+    await db.query('ROLLBACK').catch(() => {});
+    throw err;
+  }
+  return total;
+}
+
+/** One group of values rewritten in place. */
+export interface RewriteSummary {
+  /** Source table. */
+  table: string;
+  /** Column rewritten. */
+  column: string;
+  /** Rule that rewrote it. */
+  rule: string;
+  /** Reason recorded. */
+  reason: string;
+  /** Rows rewritten. */
+  rows: number;
+}
+
+async function hasRewrites(db: Db): Promise<boolean> {
+  const { rows } = await query<{ ok: boolean }>(db, `SELECT to_regclass($1) IS NOT NULL AS ok`, [`${QUARANTINE_SCHEMA}._rewrites`]);
+  return rows[0]?.ok ?? false;
+}
+
+/** Counts values rewritten in place, by table, column, rule and reason. */
+export async function listRewrites(db: Db): Promise<RewriteSummary[]> {
+  if (!(await hasRewrites(db))) return [];
+  const { rows } = await query<{ source_table: string; column_name: string; rule: string; reason: string; n: string }>(
+    db,
+    `SELECT source_table, column_name, rule, reason, count(*) AS n FROM ${REWRITES} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4`,
+  );
+  return rows.map((r) => ({ table: r.source_table, column: r.column_name, rule: r.rule, reason: r.reason, rows: Number(r.n) }));
+}
+
+/** Columns holding rewritten values (`schema.table.column`): validation compares them as a migration's UPDATE would be compared. */
+export async function rewrittenColumns(db: Db): Promise<Set<string>> {
+  return new Set((await listRewrites(db)).map((r) => `${r.table}.${r.column}`));
+}
+
+/** Puts rewritten values back (all, or one rule's), inside the caller's transaction; returns rows per `table.column`. */
+async function restoreRewrites(db: Db, rule: string | undefined): Promise<Record<string, number>> {
+  const restored: Record<string, number> = {};
+  const groups = (await listRewrites(db)).filter((g) => rule === undefined || g.rule === rule);
+  const tables = new Map((await listTables(db)).map((t) => [tableKey(t), t]));
+  for (const g of new Map(groups.map((x) => [`${x.table}.${x.column}`, x])).values()) {
+    const t = tables.get(g.table);
+    if (!t || !t.columns.includes(g.column) || !t.primaryKey.length) {
+      throw new StateError(
+        `cannot restore the rewritten ${g.table}.${g.column}: the table, the column or its primary key no longer exists (the migrations changed the table)`,
+        'restore before running the migrations (on a green built with `migrate apply --restart`), or restore by hand from bluegreen_quarantine._rewrites',
+      );
+    }
+    const retyped = await query<{ was: string; now: string | null }>(
+      db,
+      `SELECT DISTINCT r.column_type AS was, ${COLUMN_TYPE.replaceAll('$4', '$1').replaceAll('$5', '$2')} AS now FROM ${REWRITES} r
+        WHERE r.source_table = $1 AND r.column_name = $2 AND r.column_type IS NOT NULL AND ($3::text IS NULL OR r.rule = $3)`,
+      [g.table, g.column, rule ?? null],
+    );
+    const changed = retyped.rows.find((r) => r.was !== r.now);
+    if (changed) {
+      throw new StateError(
+        `cannot restore the rewritten ${g.table}.${g.column}: it was ${changed.was} when cleanup rewrote it and is ${changed.now ?? 'gone'} now (the migrations converted it; the converted value already holds what the old text meant)`,
+        'restore before running the migrations (on a green built with `migrate apply --restart`), or read the old values from bluegreen_quarantine._rewrites',
+      );
+    }
+    const target = qualified(t.schema, t.name);
+    const old = `(jsonb_populate_record(NULL::${target}, back.row))`;
+    const keyMatch = `(${t.primaryKey.map((k) => `x.${ident(k)}`).join(', ')}) = (${t.primaryKey.map((k) => `${old}.${ident(k)}`).join(', ')})`;
+    const res = await query(
+      db,
+      `WITH back AS (DELETE FROM ${REWRITES} r WHERE r.source_table = $2 AND r.column_name = $3 AND ($1::text IS NULL OR r.rule = $1) RETURNING r.row)
+       UPDATE ${target} x SET ${ident(g.column)} = ${old}.${ident(g.column)} FROM back WHERE ${keyMatch}`,
+      [rule ?? null, g.table, g.column],
+    );
+    restored[`${g.table}.${g.column}`] = res.rowCount ?? 0;
+  }
+  return restored;
+}
+
 /** A summary line of the quarantine. */
 export interface QuarantineSummary {
   /** Source table. */
@@ -110,8 +228,8 @@ export interface QuarantineSummary {
 async function quarantineTables(db: Db): Promise<string[]> {
   const { rows } = await query<{ relname: string }>(
     db,
-    `SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> '_template' ORDER BY 1`,
-    [QUARANTINE_SCHEMA],
+    `SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r' AND NOT (c.relname = ANY ($2::text[])) ORDER BY 1`,
+    [QUARANTINE_SCHEMA, OWN_TABLES],
   );
   return rows.map((r) => r.relname);
 }
@@ -129,7 +247,7 @@ export async function listQuarantine(db: Db): Promise<QuarantineSummary[]> {
   return out;
 }
 
-/** Puts quarantined rows back (all, or one rule's), parents before dependents, in one transaction. */
+/** Puts quarantined rows back (all, or one rule's), parents before dependents, then rewritten values, in one transaction. */
 export async function restoreQuarantine(db: Db, rule?: string): Promise<Record<string, number>> {
   const tables = await quarantineTables(db);
   const groups: { qt: string; source: string; firstId: number }[] = [];
@@ -175,6 +293,8 @@ export async function restoreQuarantine(db: Db, rule?: string): Promise<Record<s
       );
       restored[g.source] = (restored[g.source] ?? 0) + (res.rowCount ?? 0);
     }
+    // Values last: a rewritten row may itself have been moved by a later rule and is back only now.
+    for (const [column, n] of Object.entries(await restoreRewrites(db, rule))) restored[`${column} (rewritten value)`] = n;
     await query(db, 'COMMIT');
   } catch (err) {
     await db.query('ROLLBACK').catch(() => {});

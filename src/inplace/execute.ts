@@ -6,7 +6,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Db } from '../db/connect.ts';
 import { qualified, type TableRef } from '../db/sql.ts';
-import { faultPoint } from '../fault.ts';
+import type { UnitHooks } from '../drill.ts';
 import { batchSql, type Unit } from '../lint/rewrite.ts';
 import type { Journal } from '../state/journal.ts';
 
@@ -101,11 +101,13 @@ export interface UnitContext {
   note: (text: string) => void;
   /** Finished units of the step (for the batched cursor). */
   done: Map<string, Record<string, unknown>>;
+  /** Crash-drill hooks around the unit. */
+  hooks?: UnitHooks;
 }
 
 /** Runs one unit (the caller skips units already done and writes `start`). */
 export async function runUnit(u: Unit, c: UnitContext): Promise<void> {
-  await faultPoint('before', IN_PLACE_STEP, c.key);
+  await c.hooks?.beforeUnit?.(IN_PLACE_STEP, c.key);
   if (u.mode === 'tx') {
     await withRetries(c.settings, c.stats, c.note, () =>
       inTransaction(c.db, c.isolation, c.settings, async () => {
@@ -119,7 +121,7 @@ export async function runUnit(u: Unit, c: UnitContext): Promise<void> {
   } else {
     await runBatched(u, c);
   }
-  await faultPoint('after', IN_PLACE_STEP, c.key);
+  await c.hooks?.afterUnit?.(IN_PLACE_STEP, c.key);
 }
 
 async function runOutside(u: Extract<Unit, { mode: 'outside' }>, c: UnitContext): Promise<void> {

@@ -117,7 +117,7 @@ export const migrateInPlace = {
           ctx.progress(`${m.id}_${m.name}: ${u.label}`);
           await journal.start(IN_PLACE_STEP, key);
           try {
-            await runUnit(u, { db: ctx.blue, journal, key, isolation: m.transaction === 'serializable' ? 'serializable' : 'default', settings: s, stats, note: (t) => ctx.progress(`${m.id}: ${t}`), done });
+            await runUnit(u, { db: ctx.blue, journal, key, isolation: m.transaction === 'serializable' ? 'serializable' : 'default', settings: s, stats, note: (t) => ctx.progress(`${m.id}: ${t}`), done, ...(ctx.hooks ? { hooks: ctx.hooks } : {}) });
           } catch (err) {
             throw toPostgresError(err, { ...(m.file ? { file: m.file } : {}), side: 'blue' });
           }

@@ -2,7 +2,8 @@
 // tighten (foreign keys incl. composite, NOT NULL, UNIQUE / PRIMARY KEY, CHECK, casts of text to
 // json/jsonb), with a detection query over today's schema for each, so `plan` can name the rows
 // that would make a migration fail before anything runs. It also resolves what a
-// `DROP INDEX ... CASCADE` silently drops (from the catalog) and whether a later migration re-adds it.
+// `DROP INDEX ... CASCADE` silently drops (from the catalog) and whether a pending migration re-adds
+// it or drops its table anyway.
 
 import { checkSqlFragment } from '../config/sql-fragment.ts';
 import type { Db } from '../db/connect.ts';
@@ -35,8 +36,8 @@ export interface CascadeDrop {
   index: string;
   /** file:line. */
   origin: string;
-  /** Foreign keys that depend on the index and vanish with it. */
-  dropped: { name: string; table: string; columns: string[]; readdedAs: string | null }[];
+  /** Foreign keys that depend on the index and vanish with it; `droppedBy`: file:line of a pending DROP TABLE that removes their table anyway. */
+  dropped: { name: string; table: string; columns: string[]; readdedAs: string | null; droppedBy: string | null }[];
 }
 
 type Columns = Map<string, Map<string, string>>;
@@ -72,6 +73,33 @@ function parenthesized(stmt: ParsedStatement, from: number, keyword: string): st
   return null;
 }
 
+// Functions a derived JSON check may call as the migration wrote them: built-in, immutable, one value.
+const PLAIN_FUNCTIONS = new Set(['coalesce', 'nullif', 'replace', 'concat', 'lower', 'upper', 'trim', 'btrim', 'ltrim', 'rtrim', 'regexp_replace', 'translate', 'substring', 'substr']);
+
+/** The text of a cast's argument: `CAST(<arg> AS type)` or `<arg>::type` (a parenthesized arg whole). */
+function castArgument(stmt: ParsedStatement, cast: Ast): string | null {
+  const toks = tokens(stmt.bytes);
+  const at = relative(stmt, cast.location);
+  const k = toks.findIndex((t) => t.start === at);
+  if (k < 0) return null;
+  if (toks[k]!.text.toUpperCase() === 'CAST' && toks[k + 1]?.text === '(') {
+    let depth = 0;
+    for (let i = k + 1; i < toks.length; i++) {
+      if (toks[i]!.text === '(') depth++;
+      else if (toks[i]!.text === ')') depth--;
+      else if (depth === 1 && toks[i]!.text.toUpperCase() === 'AS') return slice(stmt, toks[k + 2]!.start, toks[i]!.start).trim();
+    }
+    return null;
+  }
+  if (toks[k]!.text !== '::' || toks[k - 1]?.text !== ')') return null;
+  let depth = 0;
+  for (let i = k - 1; i >= 0; i--) {
+    if (toks[i]!.text === ')') depth++;
+    else if (toks[i]!.text === '(' && --depth === 0) return slice(stmt, toks[i]!.start, toks[k]!.start).trim();
+  }
+  return null;
+}
+
 /** Derives the checks and cascades of the pending migrations against `db`'s current schema. */
 export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promise<{ checks: DerivedCheck[]; cascades: CascadeDrop[] }> {
   const cols = await currentColumns(db);
@@ -80,6 +108,7 @@ export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promis
   const cascades: CascadeDrop[] = [];
   const notValid = new Map<string, () => void>();
   const fkAdds: { table: string; columns: string[]; name: string }[] = [];
+  const tableDrops = new Map<string, string>();
 
   for (const pf of files) {
     const created = new Set<string>();
@@ -87,6 +116,12 @@ export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promis
       const origin = `${pf.file}:${s.line}`;
       const b = s.body;
       if (s.kind === 'CreateStmt') created.add(tableKey(tableOf(b.relation)));
+      if (s.kind === 'DropStmt' && b.removeType === 'OBJECT_TABLE') {
+        for (const o of b.objects ?? []) {
+          const parts = names(o.List?.items);
+          tableDrops.set(tableKey({ schema: parts.length > 1 ? parts[0]! : 'public', name: parts.at(-1) ?? '' }), origin);
+        }
+      }
       const existing = (t: TableRef): boolean => cols.has(tableKey(t)) && !created.has(tableKey(t));
 
       const foreignKey = (t: TableRef, con: Ast): void => {
@@ -166,20 +201,29 @@ export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promis
           cascades.push({ index, origin, dropped: await dependentForeignKeys(db, index) });
         }
       } else {
-        // A cast of a column to json(b) inside INSERT ... SELECT, UPDATE, CREATE TABLE AS.
+        // A cast to json(b) inside INSERT ... SELECT, UPDATE, CREATE TABLE AS: of a bare column, or of an
+        // expression (COALESCE, CASE, string pasting, nested casts) whose columns all come from one table
+        // that exists today. The expression runs as written, with its own qualifier bound to the row.
         const rvs = findNodes(b, 'RangeVar');
         const byTable = new Map<string, { t: TableRef; exprs: { text: string; columns: string[] }[] }>();
         for (const cast of findNodes(b, 'TypeCast')) {
-          const ref = cast.arg?.ColumnRef;
-          if (!ref || !isJsonType(cast.typeName)) continue;
-          const parts = names(ref.fields);
-          const rv = parts.length > 1 ? rvs.find((r: Ast) => (r.alias?.aliasname ?? r.relname) === parts[0]) : rvs.length === 1 ? rvs[0] : undefined;
+          if (!isJsonType(cast.typeName)) continue;
+          const refs = findNodes(cast.arg, 'ColumnRef').map((r: Ast) => names(r.fields));
+          if (!refs.length || findNodes(cast.arg, 'SubLink').length || findNodes(cast.arg, 'FuncCall').some((f: Ast) => !PLAIN_FUNCTIONS.has(names(f.funcname).at(-1)?.toLowerCase() ?? ''))) continue;
+          const qualifiers = new Set(refs.map((parts: string[]) => (parts.length > 1 ? parts.at(-2) : '')));
+          if (qualifiers.size !== 1) continue;
+          const q = [...qualifiers][0]!;
+          const rv = q ? rvs.find((r: Ast) => (r.alias?.aliasname ?? r.relname) === q) : rvs.length === 1 ? rvs[0] : undefined;
           if (!rv) continue;
           const t = tableOf(rv);
           if (!existing(t)) continue;
+          const columns = refs.map((parts: string[]) => parts.at(-1)!);
+          const bare = cast.arg?.ColumnRef !== undefined;
+          const text = bare ? `t.${ident(columns[0]!)}` : castArgument(s, cast);
+          if (text === null) continue;
           const entry = byTable.get(tableKey(t)) ?? { t, exprs: [] };
-          const col = parts.at(-1)!;
-          if (!entry.exprs.some((e) => e.columns[0] === col)) entry.exprs.push({ text: `t.${ident(col)}`, columns: [col] });
+          const expr = bare ? text : `(SELECT (${text}) FROM (SELECT t.*) AS ${ident(q || t.name)})`;
+          if (!entry.exprs.some((e) => e.text === expr)) entry.exprs.push({ text: expr, columns });
           byTable.set(tableKey(t), entry);
         }
         for (const { t, exprs } of byTable.values()) jsonCast(t, exprs, String(s.line));
@@ -190,6 +234,7 @@ export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promis
     for (const d of c.dropped) {
       const again = fkAdds.find((a) => a.table === d.table && d.columns.every((col) => a.columns.includes(col)));
       d.readdedAs = again?.name ?? null;
+      d.droppedBy = tableDrops.get(d.table) ?? null;
     }
   }
   return { checks: checks.map(plainPredicate), cascades };
@@ -216,7 +261,7 @@ function plainPredicate(c: DerivedCheck): DerivedCheck {
 }
 
 /** Foreign keys that depend on an index (they go with it on CASCADE). */
-async function dependentForeignKeys(db: Db, index: string): Promise<{ name: string; table: string; columns: string[]; readdedAs: string | null }[]> {
+async function dependentForeignKeys(db: Db, index: string): Promise<CascadeDrop['dropped']> {
   const [schema = 'public', name = ''] = index.split('.');
   const { rows } = await db.query<{ name: string; table: string; columns: string[] }>(
     `SELECT con.conname AS name, n.nspname || '.' || c.relname AS table,
@@ -226,5 +271,5 @@ async function dependentForeignKeys(db: Db, index: string): Promise<{ name: stri
       WHERE con.contype = 'f' AND con.conindid = to_regclass($1) ORDER BY 1`,
     [qualified(schema, name)],
   );
-  return rows.map((r) => ({ ...r, readdedAs: null }));
+  return rows.map((r) => ({ ...r, readdedAs: null, droppedBy: null }));
 }

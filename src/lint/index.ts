@@ -3,6 +3,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
+import { configSchema } from '../config/schema.ts';
 import { SourceError } from '../errors.ts';
 import { checkAll } from '../sources/check.ts';
 import { DISABLE_TRANSACTION } from '../sources/postgres-migrations.ts';
@@ -17,7 +18,12 @@ export interface LintOptions {
   ignore?: readonly string[];
   /** The application's queries file, for the SELECT * check. */
   queriesFile?: string;
+  /** Rows per backfill batch shown in rewrites (`inPlace.backfillBatchRows`; default: the config's default). */
+  batchRows?: number;
 }
+
+/** The config's default `inPlace.backfillBatchRows`, for `migrate lint FILE...` without a config. */
+export const DEFAULT_BATCH_ROWS: number = configSchema.shape.inPlace.parse(undefined).backfillBatchRows;
 
 /** Lint result: every finding, and the parsed files (for the pre-flight and the rewriter). */
 export interface LintReport {
@@ -32,7 +38,7 @@ export async function lintMigrations(ms: readonly Migration[], opts: LintOptions
   await checkAll([...ms]);
   const files: ParsedFile[] = [];
   for (const m of ms) files.push(await parseMigration(m));
-  const findings = files.flatMap((pf) => lintFile(pf, opts.ignore ?? []));
+  const findings = files.flatMap((pf) => lintFile(pf, { ignore: opts.ignore ?? [], batchRows: opts.batchRows ?? DEFAULT_BATCH_ROWS }));
   if (opts.queriesFile && !(opts.ignore ?? []).includes('select-star')) {
     let text: string;
     try {

@@ -5,25 +5,33 @@
 
 import { tableKey } from '../db/sql.ts';
 import { findNodes, names, snippet, tableOf, type Ast, type ParsedFile, type ParsedStatement } from './parse.ts';
+import { queuedBehind, statementLock } from './locks.ts';
 import { rewriteStatement, tablesCreatedIn, unitSql } from './rewrite.ts';
 
-/** Rule ids, the one-line why, and the safe form, in one table. */
+/**
+ * Rule ids, the one-line why, the safe form, and whether the finding is about locks (`lock`). Lock
+ * findings matter where the migration runs against live traffic (in place); on a blue-green green,
+ * which serves nothing while it migrates, `plan` only counts them. The other findings (a migration
+ * that fails, a constraint that silently vanishes, application queries that break) matter anywhere.
+ * Lock levels as documented by PostgreSQL: see src/lint/locks.ts. `{batchRows}` in a fix is the
+ * configured `inPlace.backfillBatchRows`.
+ */
 export const LINT_RULES = {
-  'create-index-not-concurrent': { why: 'CREATE INDEX without CONCURRENTLY blocks every write to the table for the whole build', fix: 'CREATE INDEX CONCURRENTLY, in a file that runs outside a transaction (pop: .autocommit; postgres-migrations: -- postgres-migrations disable-transaction)' },
-  'drop-index-not-concurrent': { why: 'DROP INDEX without CONCURRENTLY takes an ACCESS EXCLUSIVE lock on the table (queued behind every running query, blocking all after it)', fix: 'DROP INDEX CONCURRENTLY, outside a transaction' },
-  'reindex-not-concurrent': { why: 'REINDEX without CONCURRENTLY blocks writes (and reads using the index) for the whole rebuild', fix: 'REINDEX ... CONCURRENTLY, outside a transaction' },
-  'concurrently-in-transaction': { why: 'CONCURRENTLY cannot run inside a transaction block: the migration fails with 25001', fix: 'move the statement to its own file that runs outside a transaction (pop: .autocommit; postgres-migrations: -- postgres-migrations disable-transaction)' },
-  'fk-without-not-valid': { why: 'ADD FOREIGN KEY validates every row under a SHARE ROW EXCLUSIVE lock on both tables (no writes meanwhile)', fix: 'ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT in a separate transaction' },
-  'check-without-not-valid': { why: 'ADD CHECK scans the whole table under an ACCESS EXCLUSIVE lock', fix: 'ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a separate transaction' },
-  'set-not-null': { why: 'SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock (no reads, no writes)', fix: 'ADD CONSTRAINT c CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT c; SET NOT NULL (uses the check, no scan); DROP CONSTRAINT c' },
-  'add-column-volatile-default': { why: 'ADD COLUMN with a volatile default (or serial) rewrites the whole table under an ACCESS EXCLUSIVE lock', fix: 'add the column without a default (or with a constant one), backfill in batches, then SET DEFAULT' },
-  'column-type-change': { why: 'ALTER COLUMN ... TYPE rewrites the table and its indexes under an ACCESS EXCLUSIVE lock', fix: 'add a new column, backfill it in batches, switch readers and writers, drop the old column' },
-  'pk-unique-without-using-index': { why: 'ADD PRIMARY KEY / UNIQUE builds the index under an ACCESS EXCLUSIVE lock', fix: 'CREATE UNIQUE INDEX CONCURRENTLY first, then ADD CONSTRAINT ... PRIMARY KEY / UNIQUE USING INDEX' },
-  'whole-table-update': { why: 'UPDATE without WHERE rewrites every row in one transaction: row locks on the whole table, table bloat, long replication lag', fix: 'update in primary-key batches, one short transaction each' },
-  'whole-table-delete': { why: 'DELETE without WHERE locks and removes every row in one transaction', fix: 'delete in primary-key batches (or TRUNCATE if the table is not in use)' },
-  'drop-index-cascade': { why: 'DROP INDEX ... CASCADE silently drops every constraint that depends on the index (e.g. foreign keys referencing a unique key)', fix: 'drop the dependent constraints by name first, so the migration says what it removes, and re-add them NOT VALID + VALIDATE' },
-  'missing-lock-timeout': { why: 'without lock_timeout, a DDL lock waiting behind one long query blocks every query queued after it', fix: "start the file with SET lock_timeout = '2s' (and retry on 55P03)" },
-  'select-star': { why: 'SELECT * on a table whose columns the migrations change breaks code that maps columns by position or strict shape', fix: 'list the columns the code reads' },
+  'create-index-not-concurrent': { lock: true, why: 'CREATE INDEX without CONCURRENTLY takes a SHARE lock on the table: every INSERT, UPDATE and DELETE waits for the whole build (reads go on)', fix: 'CREATE INDEX CONCURRENTLY, in a file that runs outside a transaction (pop: .autocommit; postgres-migrations: -- postgres-migrations disable-transaction)' },
+  'drop-index-not-concurrent': { lock: true, why: 'DROP INDEX without CONCURRENTLY takes an ACCESS EXCLUSIVE lock on the table (queued behind every running query, blocking all reads and writes after it)', fix: 'DROP INDEX CONCURRENTLY, outside a transaction' },
+  'reindex-not-concurrent': { lock: true, why: 'REINDEX without CONCURRENTLY takes a SHARE lock on the table (writes wait) and an ACCESS EXCLUSIVE lock on each index it rebuilds (queries that would use it wait) for the whole rebuild', fix: 'REINDEX ... CONCURRENTLY, outside a transaction' },
+  'concurrently-in-transaction': { lock: false, why: 'CONCURRENTLY cannot run inside a transaction block: the migration fails with 25001', fix: 'move the statement to its own file that runs outside a transaction (pop: .autocommit; postgres-migrations: -- postgres-migrations disable-transaction)' },
+  'fk-without-not-valid': { lock: true, why: 'ADD FOREIGN KEY validates every row under a SHARE ROW EXCLUSIVE lock on both tables (no writes to either meanwhile)', fix: 'ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT in a separate transaction (SHARE UPDATE EXCLUSIVE: writes go on)' },
+  'check-without-not-valid': { lock: true, why: 'ADD CHECK scans the whole table under an ACCESS EXCLUSIVE lock (no reads, no writes)', fix: 'ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a separate transaction (SHARE UPDATE EXCLUSIVE: writes go on)' },
+  'set-not-null': { lock: true, why: 'SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock (no reads, no writes)', fix: 'ADD CONSTRAINT c CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT c; SET NOT NULL (uses the check, no scan); DROP CONSTRAINT c' },
+  'add-column-volatile-default': { lock: true, why: 'ADD COLUMN with a volatile default (or serial) rewrites the whole table under an ACCESS EXCLUSIVE lock', fix: 'add the column without a default (or with a constant one), backfill in batches of {batchRows} rows, then SET DEFAULT' },
+  'column-type-change': { lock: true, why: 'ALTER COLUMN ... TYPE rewrites the table and its indexes under an ACCESS EXCLUSIVE lock', fix: 'add a new column, backfill it in batches of {batchRows} rows, switch readers and writers, drop the old column' },
+  'pk-unique-without-using-index': { lock: true, why: 'ADD PRIMARY KEY / UNIQUE builds the index under an ACCESS EXCLUSIVE lock', fix: 'CREATE UNIQUE INDEX CONCURRENTLY first, then ADD CONSTRAINT ... PRIMARY KEY / UNIQUE USING INDEX' },
+  'whole-table-update': { lock: true, why: 'UPDATE without WHERE takes ROW EXCLUSIVE on the table and a row lock on every row until it commits: writers of any row wait for the whole update (reads go on), the table bloats, replicas lag', fix: 'update in primary-key batches of {batchRows} rows, one short transaction each' },
+  'whole-table-delete': { lock: true, why: 'DELETE without WHERE takes ROW EXCLUSIVE on the table and a row lock on every row until it commits: writers of any row wait for the whole delete (reads go on)', fix: 'delete in primary-key batches of {batchRows} rows (or TRUNCATE if the table is not in use)' },
+  'drop-index-cascade': { lock: false, why: 'DROP INDEX ... CASCADE silently drops every constraint that depends on the index (e.g. foreign keys referencing a unique key)', fix: 'drop the dependent constraints by name first, so the migration says what it removes, and re-add them NOT VALID + VALIDATE' },
+  'missing-lock-timeout': { lock: true, why: 'without lock_timeout, a statement waiting for its lock behind one long query holds up the queries queued after it', fix: "start the file with SET lock_timeout = '2s' (and retry on 55P03)" },
+  'select-star': { lock: false, why: 'SELECT * on a table whose columns the migrations change breaks code that maps columns by position or strict shape', fix: 'list the columns the code reads' },
 } as const;
 
 /** A lint rule id. */
@@ -118,32 +126,61 @@ function statementFindings(s: ParsedStatement, created: Set<string>, createdInde
   return out;
 }
 
-/** The rewrite text shown with a finding: the advice, plus the SQL in-place mode would run. */
-function rewriteText(rule: LintRuleId, s: ParsedStatement, created: Set<string>): string {
-  const advice: string = LINT_RULES[rule].fix;
-  const r = rewriteStatement(s, created);
-  if (!r) return advice;
-  return `${advice}\n    in-place runs: ${r.units.map((u) => unitSql(u, 5000)).join(';\n                   ')}`;
+/** Lint options for one file. */
+export interface LintFileOptions {
+  /** Rule ids not to report. */
+  ignore?: readonly string[];
+  /** Rows per batch of a batched backfill (`inPlace.backfillBatchRows`), as the rewrites show it. */
+  batchRows: number;
 }
 
-/** Lints one parsed migration file; `ignore` lists rule ids to skip. */
-export function lintFile(pf: ParsedFile, ignore: readonly string[] = []): Finding[] {
+/** The rewrite text shown with a finding: the advice, plus the SQL in-place mode would run. */
+function rewriteText(rule: LintRuleId, s: ParsedStatement, created: Set<string>, batchRows: number): string {
+  const advice = LINT_RULES[rule].fix.replaceAll('{batchRows}', String(batchRows));
+  const r = rewriteStatement(s, created);
+  if (!r) return advice;
+  return `${advice}\n    in-place runs: ${r.units.map((u) => unitSql(u, batchRows)).join(';\n                   ')}`;
+}
+
+/** Why a missing lock_timeout hurts for this statement, in terms of the lock it really takes. */
+function timeoutWhy(s: ParsedStatement): string {
+  const lock = statementLock(s);
+  if (!lock) return LINT_RULES['missing-lock-timeout'].why;
+  const on = lock.tables.length ? lock.tables.join(' and ') : "the index's table";
+  if (lock.dml) {
+    const verb = s.kind.replace(/Stmt$/, '').toUpperCase();
+    return `without lock_timeout, this ${verb} (ROW EXCLUSIVE on ${on} plus row locks, no schema lock) waits without limit for rows other writers have locked, and writers of the rows it already locked wait for it in turn`;
+  }
+  return `without lock_timeout, this statement's ${lock.mode} lock on ${on} waits behind any long query there, and ${queuedBehind(lock.mode)}`;
+}
+
+/** Lints one parsed migration file. */
+export function lintFile(pf: ParsedFile, opts: LintFileOptions): Finding[] {
+  const ignore = opts.ignore ?? [];
   const created = tablesCreatedIn(pf);
   const createdIndexes = new Set(pf.statements.filter((s) => s.kind === 'IndexStmt' && s.body.idxname).map((s) => String(s.body.idxname)));
-  const findings: Finding[] = [];
-  const add = (rule: LintRuleId, s: ParsedStatement): void => {
+  const found: { index: number; finding: Finding }[] = [];
+  const add = (rule: LintRuleId, s: ParsedStatement, why: string = LINT_RULES[rule].why): void => {
     if (ignore.includes(rule)) return;
-    findings.push({ rule, why: LINT_RULES[rule].why, file: pf.file, line: s.line, statement: snippet(s), rewrite: rewriteText(rule, s, created) });
+    found.push({ index: s.index, finding: { rule, why, file: pf.file, line: s.line, statement: snippet(s), rewrite: rewriteText(rule, s, created, opts.batchRows) } });
   };
+  // One missing-lock-timeout per file, on the first schema change before any lock_timeout (the
+  // statement whose queued lock can stall everyone); a file of DML alone gets it on its first DML.
   let timeoutSet = false;
-  let timeoutReported = false;
+  let firstDdl: ParsedStatement | undefined;
+  let firstDml: ParsedStatement | undefined;
   for (const s of pf.statements) {
     if (setsLockTimeout(s)) timeoutSet = true;
-    if (!timeoutSet && !timeoutReported && touchesExisting(s, created)) {
-      timeoutReported = true;
-      add('missing-lock-timeout', s);
+    if (!timeoutSet && touchesExisting(s, created)) {
+      if (statementLock(s)?.dml) firstDml ??= s;
+      else firstDdl ??= s;
     }
     for (const rule of statementFindings(s, created, createdIndexes)) add(rule, s);
   }
-  return findings;
+  const unbounded = firstDdl ?? firstDml;
+  if (unbounded) add('missing-lock-timeout', unbounded, timeoutWhy(unbounded));
+  // File order; on one statement the file-level timeout finding comes first.
+  return found
+    .sort((a, b) => a.index - b.index || Number(b.finding.rule === 'missing-lock-timeout') - Number(a.finding.rule === 'missing-lock-timeout'))
+    .map((f) => f.finding);
 }

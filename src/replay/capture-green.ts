@@ -1,26 +1,22 @@
 // Capture on green after cutover: the same outbox function and triggers the capture step installs
-// on blue, installed on green's v2-shaped tables, so that a rollback to blue can replay every
-// revocation green accepted in the meantime (`migrate drain --into blue`).
+// on blue, installed on green's new-shape tables (the engine declares which), so that a rollback to
+// blue can replay every revocation green accepted in the meantime (`migrate drain --into blue`).
 
 import fs from 'node:fs';
 import type { CaptureTable } from '../config/schema.ts';
 import { query, type Db } from '../db/connect.ts';
+import { HYDRA_V2_CAPTURE } from '../engines/hydra/capture.ts';
 import { captureDdl } from '../steps/capture.ts';
 
 const STATE_SQL = new URL('../../sql/state/bluegreen.sql', import.meta.url);
 const CAPTURE_SQL = new URL('../../sql/state/capture.sql', import.meta.url);
 
-const token = (table: string, kind: 'access' | 'refresh'): CaptureTable => ({ table, kind, key: ['signature'], activeColumn: 'active', extraColumns: ['request_id', 'subject', 'client_id'] });
-
-/** Green's access-removing tables in the v2 shape: tokens as on blue, consent in the flow table. */
-export const GREEN_V2_CAPTURE_TABLES: readonly CaptureTable[] = [
-  token('public.hydra_oauth2_access', 'access'),
-  token('public.hydra_oauth2_refresh', 'refresh'),
-  { table: 'public.hydra_oauth2_flow', kind: 'consent', key: ['consent_challenge_id'], extraColumns: ['subject', 'client_id'] },
-];
-
-/** Installs the outbox and capture triggers on green (idempotent, one transaction); returns the tables captured. */
-export async function installGreenCapture(green: Db, tables: readonly CaptureTable[] = GREEN_V2_CAPTURE_TABLES): Promise<number> {
+/**
+ * Installs the outbox and capture triggers on green (idempotent, one transaction); returns the tables
+ * captured. Cutover passes its engine's green tables; the default (Hydra v2's, declared in
+ * src/engines/hydra) serves the demo and tests that stand on the Hydra fixture.
+ */
+export async function installGreenCapture(green: Db, tables: readonly CaptureTable[] = HYDRA_V2_CAPTURE): Promise<number> {
   await query(green, 'BEGIN');
   try {
     await query(green, fs.readFileSync(STATE_SQL, 'utf8'));

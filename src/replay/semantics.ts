@@ -1,14 +1,16 @@
 // Replay semantics: what a revocation event does to the live side's schema, declared as data per
-// profile, and the one function that applies a batch of events in one set-based transaction. Shared
-// by the consumer Worker (workerd, through Hyperdrive) and `migrate drain` (Node), so it imports
+// profile by the engine (src/engines/hydra/replay.ts), and the one function that applies a batch of
+// events in one set-based transaction. Shared by the consumer Worker (workerd, through Hyperdrive) and `migrate drain` (Node), so it imports
 // nothing Node-only. Every effect removes access (delete a row or turn `active` off), and removals
 // commute, so applying a time-ordered batch set-based gives the same result as one event at a time.
 
 import type { RevocationBody } from '../queue-consumer/message.ts';
 import { ident } from '../db/sql.ts';
+import { HYDRA_REPLAY } from '../engines/hydra/replay.ts';
+import type { ProfileSemantics, RemoveAction, ReplayProfile, TokenKindSemantics, TokenTableSemantics } from '../engines/types.ts';
 
-/** Which schema shape the target has: Hydra v1 or our fixture's v2 (flow table). */
-export type ReplayProfile = 'hydra-v1' | 'hydra-v2';
+/** Which schema shape the target has (`<engine>-<version>`), and the semantics types, as the engines declare them. */
+export type { ProfileSemantics, RemoveAction, ReplayProfile, TokenKindSemantics, TokenTableSemantics };
 
 /** The replay profiles, for config and argument checking. */
 export const REPLAY_PROFILES: readonly ReplayProfile[] = ['hydra-v1', 'hydra-v2'];
@@ -42,65 +44,8 @@ export interface ReplayEvent {
   challenge?: string;
 }
 
-/** How a token table loses access: the row goes away, or its active flag turns off. */
-export type RemoveAction = 'delete' | 'deactivate';
-
-/** A token table (access or refresh) and how removing access looks in it. */
-export interface TokenTableSemantics {
-  /** Table name in schema `public`. */
-  table: string;
-  /** What "no longer grants access" means for this table. */
-  remove: RemoveAction;
-}
-
-/** Which token rows a kind reaches: every row of the token's grant (request), or just that token. */
-export interface TokenKindSemantics {
-  /** `request`: all rows sharing the request id (resolved from the signature when needed); `token`: the signature's row. */
-  scope: 'request' | 'token';
-  /** Token tables the kind touches. */
-  tables: readonly ('access' | 'refresh')[];
-}
-
-/** The declared semantics of one profile. */
-export interface ProfileSemantics {
-  /** Access and refresh token tables. */
-  tokens: { access: TokenTableSemantics; refresh: TokenTableSemantics };
-  /** Token-level kinds and what they reach. */
-  kinds: { 'token-revoke': TokenKindSemantics; 'refresh-rotate': TokenKindSemantics; 'access-remove': TokenKindSemantics };
-  /**
-   * Consent revocation deletes these rows; the schema's foreign keys cascade to their tokens. A
-   * revocation by subject reaches only consents requested at or before its time (`requestedAtColumn`,
-   * a UTC `timestamp` as Hydra writes it), so a late replay never deletes a consent granted anew.
-   */
-  consent: { table: string; challengeColumn: string; subjectColumn: string; clientColumn: string; requestedAtColumn: string };
-}
-
-const HYDRA_TOKENS: ProfileSemantics['tokens'] = {
-  access: { table: 'hydra_oauth2_access', remove: 'delete' },
-  refresh: { table: 'hydra_oauth2_refresh', remove: 'deactivate' },
-};
-
-const HYDRA_KINDS: ProfileSemantics['kinds'] = {
-  'token-revoke': { scope: 'request', tables: ['access', 'refresh'] },
-  'refresh-rotate': { scope: 'token', tables: ['refresh'] },
-  'access-remove': { scope: 'token', tables: ['access'] },
-};
-
-/** Per profile, what each kind of event does (DESIGN.md "Revocation semantics"). */
-export const PROFILE_SEMANTICS: Readonly<Record<ReplayProfile, ProfileSemantics>> = {
-  'hydra-v1': {
-    tokens: HYDRA_TOKENS,
-    kinds: HYDRA_KINDS,
-    // Deleting the consent request cascades to its handled row and from there to the tokens.
-    consent: { table: 'hydra_oauth2_consent_request', challengeColumn: 'challenge', subjectColumn: 'subject', clientColumn: 'client_id', requestedAtColumn: 'requested_at' },
-  },
-  'hydra-v2': {
-    tokens: HYDRA_TOKENS,
-    kinds: HYDRA_KINDS,
-    // v2 merged consent into the flow table; tokens' challenge_id references consent_challenge_id ON DELETE CASCADE.
-    consent: { table: 'hydra_oauth2_flow', challengeColumn: 'consent_challenge_id', subjectColumn: 'subject', clientColumn: 'client_id', requestedAtColumn: 'requested_at' },
-  },
-};
+/** Per profile, what each kind of event does (declared by the engine: src/engines/hydra/replay.ts). */
+export const PROFILE_SEMANTICS: Readonly<Record<ReplayProfile, ProfileSemantics>> = HYDRA_REPLAY;
 
 /** Where the live side remembers which event ids it already applied. */
 export const REPLAYED_TABLE = 'bluegreen_green.replayed';

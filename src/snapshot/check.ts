@@ -28,8 +28,29 @@ export interface Slice {
   sum: string;
 }
 
-/** Blue's fingerprint of one data unit, stored in its journal detail. */
-export type UnitCheck = { mode: 'full'; sum: string } | { mode: 'sample'; slices: Slice[] };
+/**
+ * Blue's fingerprint of one data unit, stored in its journal detail. `columns` (full mode) holds one
+ * keyed sum per column and `txSnapshot` the snapshot the unit was read in (txid_current_snapshot):
+ * validation compares green with blue as of that snapshot, however many writes blue took since.
+ */
+export type UnitCheck = ({ mode: 'full'; sum: string; columns?: Record<string, string> } | { mode: 'sample'; slices: Slice[] }) & { txSnapshot?: string };
+
+/**
+ * The sum over rows of a 64-bit hash of jsonb `[key..., value]`, as text. Sums add, so a column's sum
+ * on blue equals green's plus the quarantine's (whose rows are jsonb) whatever the migrations did to
+ * the other columns; the primary key in the hash ties each value to its row.
+ */
+export function columnHashSum(keyJson: readonly string[], valueJson: string): string {
+  return `coalesce(sum(hashtextextended(jsonb_build_array(${[...keyJson, valueJson].join(', ')})::text, 0)::numeric), 0)::text`;
+}
+
+async function fullFingerprint(db: Db, table: TableInfo, where: string): Promise<{ sum: string; columns: Record<string, string> }> {
+  const keys = table.primaryKey.map((c) => `to_jsonb(x.${ident(c)})`);
+  const sums = table.columns.map((c) => columnHashSum(keys, `to_jsonb(x.${ident(c)})`));
+  const inner = `SELECT ${table.columns.map(ident).join(', ')} FROM ONLY ${qualified(table.schema, table.name)} WHERE ${where}`;
+  const { rows } = await query<{ s: string; c: string[] }>(db, `SELECT coalesce(sum(hashtextextended(x::text, 0)::numeric), 0)::text AS s, ARRAY[${sums.join(', ')}]::text[] AS c FROM (${inner}) x`);
+  return { sum: rows[0]?.s ?? '0', columns: Object.fromEntries(table.columns.map((c, i) => [c, rows[0]?.c[i] ?? '0'])) };
+}
 
 const hashSum = (inner: string): string => `SELECT count(*)::int AS n, coalesce(sum(hashtextextended(x::text, 0)::numeric), 0)::text AS s FROM (${inner}) x`;
 
@@ -49,7 +70,8 @@ async function fullSum(db: Db, table: TableInfo, where: string): Promise<{ rows:
 
 /** Blue's fingerprint of the rows of `table` matching `where`, read inside the snapshot. */
 export async function fingerprint(blue: Db, table: TableInfo, where: string, opts: { full: boolean; estimatedRows: number }): Promise<UnitCheck> {
-  if (opts.full || !table.primaryKey.length) return { mode: 'full', sum: (await fullSum(blue, table, where)).sum };
+  const txSnapshot = (await query<{ s: string }>(blue, 'SELECT txid_current_snapshot()::text AS s')).rows[0]?.s ?? '';
+  if (opts.full || !table.primaryKey.length) return { mode: 'full', ...(await fullFingerprint(blue, table, where)), txSnapshot };
   const pct = Math.min(100, Math.max(0.0001, (100 * 50 * SLICES) / Math.max(1, opts.estimatedRows)));
   const key = `ARRAY[${table.primaryKey.map((c) => `${ident(c)}::text`).join(', ')}]`;
   const { rows: starts } = await query<{ k: string[] }>(
@@ -58,7 +80,7 @@ export async function fingerprint(blue: Db, table: TableInfo, where: string, opt
   );
   const slices: Slice[] = [];
   for (const s of starts) slices.push({ from: s.k, ...(await sliceOf(blue, table, where, s.k)) });
-  return { mode: 'sample', slices };
+  return { mode: 'sample', slices, txSnapshot };
 }
 
 /** Compares green with blue's fingerprint of one unit; returns a problem sentence or null. */

@@ -34,16 +34,22 @@ export interface JournalRow {
   detail: Record<string, unknown>;
 }
 
-/** Takes the run lock or fails at once with LockHeldError (exit 3). */
-export async function acquireRunLock(blue: Db): Promise<void> {
-  const { rows } = await query<{ ok: boolean }>(blue, 'SELECT pg_try_advisory_lock($1, $2) AS ok', [...LOCK_KEY]);
+/**
+ * Takes the run lock for `command` (session-level, held until the connection closes) or fails at once
+ * with LockHeldError (exit 3) naming the holder. The session is renamed `migrate <command>` first, so
+ * the next command refused can say who holds it.
+ */
+export async function acquireRunLock(blue: Db, command = 'apply'): Promise<void> {
+  const { rows } = await query<{ ok: boolean }>(blue, `SELECT set_config('application_name', $3, false) IS NOT NULL AND pg_try_advisory_lock($1, $2) AS ok`, [...LOCK_KEY, `migrate ${command}`]);
   if (rows[0]?.ok) return;
-  const holder = await query<{ pid: number }>(
+  const holder = await query<{ pid: number; application: string; since: string | null; client: string | null }>(
     blue,
-    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objid = $2 AND objsubid = 2 AND granted LIMIT 1`,
+    `SELECT l.pid, coalesce(a.application_name, '') AS application, to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS since, host(a.client_addr) AS client
+       FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+      WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 2 AND l.granted LIMIT 1`,
     [...LOCK_KEY],
   );
-  throw new LockHeldError(holder.rows[0]?.pid ?? null);
+  throw new LockHeldError(command, holder.rows[0] ?? null);
 }
 
 /** True when the state schema exists on blue (read-only check). */
@@ -201,6 +207,20 @@ export class Journal {
       `INSERT INTO bluegreen.journal (run_id, step, unit, status, finished_at, detail) VALUES ($1, $2, $3, 'done', clock_timestamp(), $4)
        ON CONFLICT (run_id, step, unit) DO UPDATE SET status = 'done', finished_at = clock_timestamp(), detail = EXCLUDED.detail`,
       [this.runId, step, unit, JSON.stringify(detail)],
+    );
+  }
+
+  /**
+   * Re-opens a finished step and the named finished units of it (`--resume` after their inputs
+   * changed): they are no longer done, so the runner and unitOnce run them again. Their old detail
+   * (stamps included) stays until they finish again.
+   */
+  async reopen(step: string, units: readonly string[]): Promise<void> {
+    await query(
+      this.blue,
+      `UPDATE bluegreen.journal SET status = 'running', finished_at = NULL
+        WHERE run_id = $1 AND step = $2 AND status = 'done' AND (unit = '' OR unit = ANY ($3::text[]))`,
+      [this.runId, step, [...units]],
     );
   }
 

@@ -2,22 +2,42 @@
 // key, text that will not cast, duplicates a merge cannot hold). Find them with one query per rule,
 // move them and their dependents to quarantine, and validate the foreign keys the copy left NOT VALID.
 
+import { parseSync } from 'libpg-query';
 import type pg from 'pg';
 import { checkSqlFragment, SHAPE_HINT } from '../config/sql-fragment.ts';
 import type { CleanupRule } from '../config/schema.ts';
-import { listForeignKeys, listTables, type ForeignKey } from '../db/catalog.ts';
+import { listForeignKeys, listTables, type ForeignKey, type TableInfo } from '../db/catalog.ts';
 import { query, toPostgresError, type Db } from '../db/connect.ts';
 import { readMarker } from '../db/green.ts';
-import { installQuarantine, quarantineRule, withEphemeralHelpers, type MoveStep } from '../db/quarantine.ts';
-import { ident, qualified, tableKey } from '../db/sql.ts';
+import { installQuarantine, quarantineRule, rewriteRule, withEphemeralHelpers, type MoveStep } from '../db/quarantine.ts';
+import { ident, qualified, tableKey, type TableRef } from '../db/sql.ts';
+import { accessChanges, type AccessChange } from '../engines/access.ts';
+import { explainChoices, tieBreakOrder, type TieChoice } from '../engines/tie-break.ts';
+import type { ColumnRewrite, EngineCleanupRule, NullRewrite, TieBreak } from '../engines/types.ts';
 import { ConfigError, FindingsError, type ConfigIssue } from '../errors.ts';
 import { derivedRules, excludingEarlier } from '../lint/preflight.ts';
-import { unitOnce, type Action, type Step, type StepContext } from './step.ts';
+import { findNodes, tableOf } from '../lint/parse.ts';
+import { unitOnce, type Action, type Step, type StepContext, type StepInputs } from './step.ts';
 
 /** A rule ready to evaluate: its name and the move it starts. */
 export interface ResolvedRule extends MoveStep {
-  /** Rule name (configured, or `fk-orphans:<constraint>`). */
+  /** Rule name (configured, `fk-orphans:<constraint>`, or `null-dangling:<constraint>`). */
   name: string;
+  /** Set when the rule resolves duplicates: which row of a group stays (the engine's declaration). */
+  tieBreak?: TieBreak;
+  /**
+   * Set when the rows stay and values are rewritten instead (each old value recorded for restore):
+   * a dangling reference set to NULL as the engine's migration does, or a value made convertible.
+   */
+  rewrite?: { key: string[]; columns: ColumnRewrite[]; says: string };
+}
+
+/** A rule that does not apply to this database: a table it reads does not exist (yet). */
+export interface SkippedRule {
+  /** Rule name. */
+  name: string;
+  /** Why, for the plan and progress. */
+  why: string;
 }
 
 /** Rules for rows whose foreign key points nowhere (derived from the catalog, not configured). */
@@ -39,19 +59,98 @@ function splitTable(table: string): { schema: string; name: string } {
   return { schema, name };
 }
 
+/** Tables a rule reads: its own and every table its `where` names (unqualified: public). */
+function tablesRead(rule: CleanupRule): string[] {
+  const tree = parseSync(`SELECT 1 FROM bluegreen_check t WHERE ${rule.where}`);
+  const named = findNodes(tree, 'RangeVar').map(tableOf).filter((t) => t.name !== 'bluegreen_check').map(tableKey);
+  return [...new Set([rule.table, ...named])];
+}
+
 /**
- * Configured rules first (they remove whole objects with dependents), then foreign-key orphans,
- * then the constraints the pending migrations' DDL adds (src/lint/constraints.ts). A DDL-derived
- * rule leaves out rows an earlier rule on the same table already takes, so no row class is listed twice.
+ * A configured rule as it applies to this database. An engine rule (not one from the file) that
+ * reads a table `tables` lacks is skipped, with why; an engine rewrite keeps only the columns the
+ * table has (one declaration serves every release of the old version) and needs a primary key to
+ * restore by.
  */
-export async function resolveRules(ctx: StepContext, db: Db): Promise<ResolvedRule[]> {
+function applicableRule(ctx: StepContext, index: number, tables: ReadonlyMap<string, TableInfo>): { rule: EngineCleanupRule } | { skip: SkippedRule } {
+  const fromEngine = ctx.config.cleanupRules.length - ctx.config.raw.cleanup.rules.length;
+  const rule = ctx.config.cleanupRules[index]!;
+  if (index >= fromEngine) return { rule };
+  const engine = ctx.config.engine;
+  const missing = tablesRead(rule).filter((t) => !tables.has(t));
+  if (missing.length) return { skip: { name: rule.name, why: `${missing.join(', ')} ${missing.length > 1 ? 'do' : 'does'} not exist here (yet); the ${engine.name} rule is for its ${engine.versions ?? ''} tables` } };
+  if (!rule.rewrite) return { rule };
+  const table = tables.get(rule.table)!;
+  const columns = rule.rewrite.columns.filter((c) => table.columns.includes(c.column));
+  if (!columns.length) return { skip: { name: rule.name, why: `${rule.table} has none of the columns ${rule.rewrite.columns.map((c) => c.column).join(', ')}` } };
+  if (!table.primaryKey.length) return { skip: { name: rule.name, why: `${rule.table} has no primary key to restore rewritten values by` } };
+  return { rule: { ...rule, where: columns.map((c) => `(${c.where})`).join(' OR '), rewrite: { ...rule.rewrite, columns } } };
+}
+
+/**
+ * A foreign key whose dangling rows the engine's migration keeps with the reference set to NULL
+ * becomes a rewrite rule (when the column is nullable and the table has a primary key to restore by).
+ */
+function rewriteOf(fk: ForeignKey, rewrites: readonly NullRewrite[], tables: ReadonlyMap<string, TableInfo>, nullable: ReadonlySet<string>): ResolvedRule | null {
+  const [column] = fk.childColumns;
+  const rw = rewrites.find((r) => r.table === tableKey(fk.child) && r.column === column);
+  const key = tables.get(tableKey(fk.child))?.primaryKey ?? [];
+  if (!rw || !column || fk.childColumns.length !== 1 || !nullable.has(`${tableKey(fk.child)}.${column}`) || !key.length) return null;
+  const orphans = foreignKeyRules([fk])[0]!;
+  const rewrite = { key, columns: [{ column, where: orphans.where, set: 'NULL' }], says: 'set to NULL' };
+  return { ...orphans, name: `null-dangling:${fk.name}`, reason: `${orphans.reason}; ${rw.reason}`, rewrite };
+}
+
+async function nullableColumns(db: Db, rewrites: readonly NullRewrite[]): Promise<Set<string>> {
+  if (!rewrites.length) return new Set();
+  const { rows } = await query<{ col: string }>(
+    db,
+    `SELECT n.nspname || '.' || c.relname || '.' || a.attname AS col FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull AND (n.nspname || '.' || c.relname || '.' || a.attname) = ANY ($1::text[])`,
+    [rewrites.map((r) => `${r.table}.${r.column}`)],
+  );
+  return new Set(rows.map((r) => r.col));
+}
+
+/**
+ * Configured rules first (the engine's, then the file's: they remove whole objects with
+ * dependents), then foreign-key orphans (or, where the engine's migration sets a dangling reference
+ * to NULL, a rewrite in their place), then the constraints the pending migrations' DDL adds
+ * (src/lint/constraints.ts). A DDL-derived rule leaves out rows an earlier rule on the same table
+ * already takes, so no row class is listed twice. An engine rule whose tables do not exist on `db`
+ * (a version pair this database is not at, e.g. an empty database the migrations will fill) is
+ * skipped and said so; a rule from the file never is (a typo must not pass silently).
+ */
+export async function resolveRuleSet(ctx: StepContext, db: Db): Promise<{ rules: ResolvedRule[]; skipped: SkippedRule[] }> {
   // Every evaluation starts here (plan, in-place pre-flight, the moves on green), so a rule that
   // slipped past validate (in place has no cleanup step) is still refused before it runs.
   const unsafe = await unsafeRules(ctx, db);
   if (unsafe.length) throw new ConfigError(ctx.config.file, unsafe.map((u) => u.issue), RULE_HINT);
-  const configured = ctx.config.cleanupRules.map((r) => ({ name: r.name, table: splitTable(r.table), where: r.where, reason: r.reason }));
-  const earlier = [...configured, ...foreignKeyRules(await listForeignKeys(db))];
-  return [...earlier, ...excludingEarlier(earlier, await derivedRules(ctx, db))];
+  const tables = new Map((await listTables(db)).map((t) => [tableKey(t), t]));
+  const skipped: SkippedRule[] = [];
+  const configured: ResolvedRule[] = [];
+  for (const i of ctx.config.cleanupRules.keys()) {
+    const here = applicableRule(ctx, i, tables);
+    if ('skip' in here) {
+      skipped.push(here.skip);
+      continue;
+    }
+    const r = here.rule;
+    const rewrite = r.rewrite ? { rewrite: { key: tables.get(r.table)!.primaryKey, columns: [...r.rewrite.columns], says: r.rewrite.says } } : {};
+    configured.push({ name: r.name, table: splitTable(r.table), where: r.where, reason: r.reason, ...(r.tieBreak ? { tieBreak: r.tieBreak } : {}), ...rewrite });
+  }
+  const rewrites = ctx.config.engine.rewrites;
+  const nullable = await nullableColumns(db, rewrites);
+  const fkRules = (await listForeignKeys(db)).map((fk) => rewriteOf(fk, rewrites, tables, nullable) ?? foreignKeyRules([fk])[0]!);
+  const earlier = [...configured, ...fkRules];
+  return { rules: [...earlier, ...excludingEarlier(earlier, await derivedRules(ctx, db))], skipped };
+}
+
+/** The rules of {@link resolveRuleSet}; skipped ones are said on the progress line. */
+export async function resolveRules(ctx: StepContext, db: Db): Promise<ResolvedRule[]> {
+  const { rules, skipped } = await resolveRuleSet(ctx, db);
+  for (const s of skipped) ctx.progress(`cleanup rule ${s.name} skipped: ${s.why}`);
+  return rules;
 }
 
 /** Green once the copy is loaded, else blue (green will hold exactly blue's rows). */
@@ -125,6 +224,15 @@ async function functionProblem(db: Db, rule: CleanupRule): Promise<string | null
   return null;
 }
 
+/** The choice a tie-break rule makes, for the plan: the order in words and, for each sampled row (up to five), which row of its group stays. */
+async function tieBreakFacts(db: Db, table: TableRef, tb: TieBreak, sample: readonly Record<string, unknown>[]): Promise<{ order: string; choices: TieChoice[]; sentence: string }> {
+  const keys = sample.map((k) => k[tb.keyColumn]).filter((k) => k !== undefined && k !== null).map(String);
+  const choices = await explainChoices(db, table, tb, keys);
+  const order = tieBreakOrder(tb);
+  const said = choices.length ? `: ${choices.map((c) => c.sentence).join('; ')}` : '';
+  return { order, choices, sentence: `per ${tb.groupNoun} it keeps the ${tb.noun} that grants access (${order})${said}` };
+}
+
 /** The cleanup step. */
 export const cleanup = {
   name: 'cleanup',
@@ -133,11 +241,14 @@ export const cleanup = {
     // A rule with broken or unsafe SQL must fail before anything is written: each configured rule is
     // checked against blue's catalog and EXPLAINed there, read-only, and nothing stays behind.
     const issues: ConfigIssue[] = [];
+    const tables = new Map((await listTables(ctx.blue)).map((t) => [tableKey(t), t]));
     await withEphemeralHelpers(ctx.blue, async () => {
       const unsafe = await unsafeRules(ctx, ctx.blue);
       issues.push(...unsafe.map((u) => u.issue));
-      for (const [i, r] of ctx.config.cleanupRules.entries()) {
-        if (unsafe.some((u) => u.index === i)) continue;
+      for (const i of ctx.config.cleanupRules.keys()) {
+        const here = applicableRule(ctx, i, tables);
+        if (unsafe.some((u) => u.index === i) || 'skip' in here) continue;
+        const r = here.rule;
         const { schema, name } = splitTable(r.table);
         await ctx.blue.query('SAVEPOINT rule_check');
         try {
@@ -154,17 +265,28 @@ export const cleanup = {
   async plan(ctx) {
     const { db, side } = await inspected(ctx);
     const pk = new Map((await listTables(db)).map((t) => [tableKey(t), t.primaryKey]));
+    const fks = await listForeignKeys(db);
     const evaluate = async (): Promise<Action[]> => {
-      const actions: Action[] = [];
-      for (const rule of await resolveRules(ctx, db)) {
+      const { rules, skipped } = await resolveRuleSet(ctx, db);
+      const actions: Action[] = skipped.map((s) => ({ id: `skip:${s.name}`, sentence: `skip rule ${s.name}: ${s.why}`, side: 'none', facts: { skipped: s.why } }));
+      for (const rule of rules) {
         const found = await countRule(db, rule, pk.get(tableKey(rule.table)) ?? []);
         if (!found.rows) continue;
+        const facts = { table: tableKey(rule.table), rows: found.rows, sample: found.sample, countedOn: side };
+        if (rule.rewrite) {
+          const columns = rule.rewrite.columns.map((c) => c.column);
+          const sentence = `keep ${found.rows} ${tableKey(rule.table)} row(s) with ${columns.join(', ')} ${rule.rewrite.says} where needed (old values recorded for \`quarantine restore\`): ${rule.reason}`;
+          actions.push({ id: `rule:${rule.name}`, sentence, side: 'green', sql: rule.where, facts: { ...facts, rewrite: columns.join(', ') } });
+          continue;
+        }
+        const access = await accessChanges(db, rule, fks, ctx.config.engine.accessCarriers, pk);
+        const choice = rule.tieBreak ? await tieBreakFacts(db, rule.table, rule.tieBreak, found.sample) : null;
         actions.push({
           id: `rule:${rule.name}`,
-          sentence: `quarantine ${found.rows} ${tableKey(rule.table)} row(s) and their dependents: ${rule.reason}`,
+          sentence: `quarantine ${found.rows} ${tableKey(rule.table)} row(s) and their dependents: ${rule.reason}${choice ? `; ${choice.sentence}` : ''}`,
           side: 'green',
           sql: rule.where,
-          facts: { table: tableKey(rule.table), rows: found.rows, sample: found.sample, countedOn: side },
+          facts: { ...facts, accessChanges: access, ...(choice ? { tieBreak: choice.order, choices: choice.choices } : {}) },
         });
       }
       return actions;
@@ -178,13 +300,34 @@ export const cleanup = {
     await installQuarantine(ctx.green);
     const rules = new Map((await resolveRules(ctx, ctx.green)).map((r) => [`rule:${r.name}`, r]));
     const done = await ctx.journal!.done('cleanup');
+    const runId = ctx.journal!.runId;
+    const fks = await listForeignKeys(ctx.green);
+    const pk = new Map((await listTables(ctx.green)).map((t) => [tableKey(t), t.primaryKey]));
     const byReason: Record<string, number> = {};
+    const rewritten: Record<string, number> = {};
+    const lost: AccessChange[] = [];
     let total = 0;
     for (const action of actions) {
+      if (action.id.startsWith('skip:')) {
+        await unitOnce(ctx, 'cleanup', action.id, async () => ({ skipped: action.facts?.skipped ?? true }), done);
+        continue;
+      }
       const rule = rules.get(action.id);
       if (!rule) continue;
-      const { detail } = await unitOnce(ctx, 'cleanup', action.id, async () => ({ moved: await quarantineRule(ctx.green, ctx.journal!.runId, rule.name, rule) }), done);
+      if (rule.rewrite) {
+        const { columns, key, says } = rule.rewrite;
+        const { detail } = await unitOnce(ctx, 'cleanup', action.id, async () => ({ rewritten: await rewriteRule(ctx.green, runId, rule.name, { ...rule, columns, key }) }), done);
+        rewritten[rule.name] = Number(detail.rewritten);
+        ctx.progress(`${rule.name}: ${rewritten[rule.name]} value(s) ${says}, rows kept`);
+        continue;
+      }
+      // What the move takes away is counted on green just before it, so the report says what users lost.
+      const { detail } = await unitOnce(ctx, 'cleanup', action.id, async () => {
+        const access = await accessChanges(ctx.green, rule, fks, ctx.config.engine.accessCarriers, pk);
+        return { moved: await quarantineRule(ctx.green, runId, rule.name, rule), access };
+      }, done);
       const moved = Object.values(detail.moved as Record<string, number>).reduce((a, b) => a + b, 0);
+      lost.push(...((detail.access as AccessChange[] | undefined) ?? []));
       byReason[rule.name] = (byReason[rule.name] ?? 0) + moved;
       total += moved;
       ctx.progress(`${rule.name}: ${moved} row(s) quarantined`);
@@ -197,7 +340,29 @@ export const cleanup = {
       }
       return { validated: names };
     }, done);
-    return { quarantined: total, byRule: byReason, validatedForeignKeys: validated.detail.validated };
+    return { quarantined: total, byRule: byReason, rewritten, accessChanges: lost, validatedForeignKeys: validated.detail.validated };
+  },
+  async inputs(ctx): Promise<StepInputs> {
+    // Resolved on blue, where the copy started: green's catalog and pending set change as migrations
+    // run. A new or changed rule runs again on resume (it only moves more rows), then the FK check.
+    // A DDL-derived rule is stamped with its own predicate: the exclusion of rows a new earlier rule
+    // takes only narrows it, and re-judging it on a half-migrated green would be meaningless.
+    const rules = await resolveRules(ctx, ctx.blue);
+    const own = new Map((await derivedRules(ctx, ctx.blue)).map((r) => [r.name, r.where]));
+    return {
+      units: new Map(rules.map((r) => {
+        const where = own.get(r.name) ?? r.where;
+        return [`rule:${r.name}`, { value: { table: tableKey(r.table), where, tieBreak: r.tieBreak, rewrite: r.rewrite }, summary: `${tableKey(r.table)} WHERE ${where}`, whenChanged: 'rerun' as const }];
+      })),
+      dependents: ['validate-foreign-keys'],
+      whenAdded: 'run',
+      whenRemoved: 'keep',
+      reopenable: async () => {
+        const tables = [...new Set(ctx.config.raw.cleanup.rules.map((r) => r.table))];
+        const { rows } = await query<{ t: string }>(ctx.green, `SELECT t FROM unnest($1::text[]) t WHERE to_regclass(t) IS NULL`, [tables]);
+        return rows.length ? `the migrations already run on green dropped ${rows.map((r) => r.t).join(', ')}, which configured rules read` : null;
+      },
+    };
   },
   async verify(ctx) {
     const invalid = (await listForeignKeys(ctx.green)).filter((f) => !f.validated);

@@ -3,12 +3,16 @@
 // folder with nothing pending (empty, or the old version's) is refused then too: copying first and
 // finding out in validate cost a whole copy and wrote to both sides.
 
+import crypto from 'node:crypto';
+import path from 'node:path';
 import { query } from '../db/connect.ts';
 import { readMarker } from '../db/green.ts';
-import { SourceError, StateError } from '../errors.ts';
+import { FindingsError, SourceError, StateError } from '../errors.ts';
+import { explainDataError } from '../preflight/data-error.ts';
+import { rowPreflight, type RowFinding } from '../preflight/evaluate.ts';
 import { checkAll } from '../sources/check.ts';
 import type { Migration } from '../sources/types.ts';
-import { unitOnce, type Action, type Step, type StepContext } from './step.ts';
+import { unitOnce, type Action, type Step, type StepContext, type StepInputs } from './step.ts';
 
 /** Journal unit id of a migration. */
 export const migrationUnit = (id: string): string => `migration:${id}`;
@@ -42,15 +46,35 @@ export const migrate = {
     const marker = await readMarker(ctx.green);
     const db = marker?.loaded_at ? ctx.green : ctx.blue;
     const pending = await ctx.source.pending(db);
-    return pending.map((m): Action => ({
-      id: migrationUnit(m.id),
-      sentence: `apply ${m.id}_${m.name}${m.transaction === 'none' ? ' (outside a transaction)' : m.transaction === 'serializable' ? ' (SERIALIZABLE)' : ''}`,
+    // Row classes no cleanup rule takes that would still fail a migration: listed first, and `run` refuses them.
+    const { findings, notEvaluable } = await rowPreflight(ctx, db);
+    const refusals = findings.map((f): Action => ({
+      id: f.id,
+      sentence: `REFUSE: ${f.rows} ${f.table} row(s) would fail ${f.origin} with ${f.sqlstate} (${f.message})${f.expression ? ` in ${f.expression}` : ''}; no cleanup rule takes them`,
       side: 'green',
-      sql: m.sql,
-      facts: { file: m.file },
+      facts: { ...f },
     }));
+    return [...refusals, ...pending.map((m): Action => {
+      // Statements the row pre-flight could not evaluate (they read what earlier migrations create), per file.
+      const blind = notEvaluable.filter((n) => m.file !== null && n.origin.startsWith(`${m.file}:`));
+      return {
+        id: migrationUnit(m.id),
+        sentence: `apply ${m.id}_${m.name}${m.transaction === 'none' ? ' (outside a transaction)' : m.transaction === 'serializable' ? ' (SERIALIZABLE)' : ''}`,
+        side: 'green',
+        sql: m.sql,
+        facts: { file: m.file, ...(blind.length ? { notEvaluable: blind } : {}) },
+      };
+    })];
   },
-  async run(ctx) {
+  async run(ctx, actions) {
+    const refused = actions.filter((a) => a.id.startsWith('preflight:')).map((a) => a.facts as unknown as RowFinding);
+    if (refused.length) {
+      throw new FindingsError(
+        `${refused.length} row class(es) on green would make the migrations fail; nothing was migrated:\n${refused.map((f) => `  - ${f.origin}: ${f.rows} ${f.table} row(s), ${f.sqlstate} ${f.message}; e.g. ${f.sample.map((k) => JSON.stringify(k)).join(' ')}`).join('\n')}`,
+        `add a cleanup rule for each class to the config (ready to paste: ${JSON.stringify(refused.map((f) => f.suggestedRule))}), then run \`migrate apply --resume --config ${ctx.config.file}\``,
+        { findings: refused },
+      );
+    }
     const done = await ctx.journal!.done('migrate');
     const pending = await ctx.source.pending(ctx.green);
     const applied: string[] = [];
@@ -58,13 +82,24 @@ export const migrate = {
       const started = Date.now();
       await unitOnce(ctx, 'migrate', migrationUnit(m.id), async () => {
         ctx.progress(`applying ${m.id}_${m.name}`);
-        await ctx.source.apply(ctx.green, m);
+        await ctx.source.apply(ctx.green, m).catch(async (err: unknown) => Promise.reject(await explainDataError(ctx.green, err)));
         return { file: m.file, ms: Date.now() - started };
       }, done);
       applied.push(m.id);
     }
     const { rows } = await query<{ v: string }>(ctx.green, `SELECT current_setting('server_version') AS v`);
     return { applied, greenServer: rows[0]?.v };
+  },
+  async inputs(ctx): Promise<StepInputs> {
+    // Pending on blue (green started from its tracking table). A file green already ran cannot be
+    // un-run: changing or removing it refuses the resume; a new file runs only after every applied one.
+    const units = new Map((await ctx.source.pending(ctx.blue)).map((m) => {
+      const file = m.file ? path.basename(m.file) : m.name;
+      const sha256 = crypto.createHash('sha256').update(m.sql).digest('hex');
+      return [migrationUnit(m.id), { value: { file, sha256 }, summary: `${file} sha256 ${sha256.slice(0, 12)}`, whenChanged: 'refuse' as const }];
+    }));
+    const hint = `put the migration files back as green ran them (and any change in a new file that sorts last), or run \`migrate apply --restart --config ${ctx.config.file}\` to copy again and run the folder as it is now`;
+    return { units, whenAdded: 'refuse-before-finished', whenRemoved: 'refuse', refuseHint: hint };
   },
   async verify(ctx) {
     const left = await ctx.source.pending(ctx.green);

@@ -19,7 +19,7 @@ import { verifyCopy } from '../snapshot/verify.ts';
 import { reopenLostUnits } from '../snapshot/lost.ts';
 import { CopyProgress } from '../snapshot/progress.ts';
 import { defaultSplitBytes, planUnits, rangesUnit, type UnitAction } from '../snapshot/units.ts';
-import { unitOnce, type Action, type Step, type StepContext } from './step.ts';
+import { digestOf, unitOnce, type Action, type Step, type StepContext, type StepInputs, type UnitInputs } from './step.ts';
 
 async function postDataStatements(ctx: StepContext): Promise<DumpStatement[]> {
   const script = await dumpSection(ctx.config.blueDsn, 'post-data', { excludeSchemas: ctx.config.raw.snapshot.excludeSchemas });
@@ -201,6 +201,20 @@ export const snapshot = {
     const rows = actions.filter((a) => a.facts.unit === 'data').reduce((s, a) => s + Number(details.get(a.id)?.rows ?? 0), 0);
     const bytes = actions.filter((a) => a.facts.unit === 'data').reduce((s, a) => s + Number(details.get(a.id)?.bytes ?? 0), 0);
     return { tables: tables.size, rows, bytes, snapshotId, foreignKeysLeftNotValid: unvalidated, verify: ctx.options.verify, busyMs: busy };
+  },
+  async inputs(ctx): Promise<StepInputs> {
+    // Copied tables cannot be re-copied from the same snapshot, so a change after the fact refuses;
+    // a copy checked in full covers a later resume that asks for the sampled check.
+    const excludeSchemas = [...ctx.config.raw.snapshot.excludeSchemas].sort();
+    const verify = ctx.options.verify;
+    return {
+      units: new Map<string, UnitInputs>([
+        ['pre-data', { value: { excludeSchemas }, summary: `snapshot.excludeSchemas [${excludeSchemas.join(', ')}]`, whenChanged: 'refuse' as const }],
+        ['verify', { value: { verify }, summary: `--verify ${verify}`, whenChanged: 'refuse' as const, coveredBy: (was) => was.digest === digestOf({ verify: 'full' }) }],
+      ]),
+      whenAdded: 'run',
+      whenRemoved: 'keep',
+    };
   },
   async verify(ctx) {
     const done = await ctx.journal!.done('snapshot');

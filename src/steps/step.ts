@@ -2,8 +2,9 @@
 // exactly those actions, verify the postcondition, and roll back where that is possible. `migrate
 // plan` prints what `plan()` returns; `migrate apply` runs the same list.
 
+import crypto from 'node:crypto';
 import type { ResolvedConfig } from '../config/load.ts';
-import { faultPoint } from '../fault.ts';
+import type { UnitHooks } from '../drill.ts';
 import { locateFailure, type Db } from '../db/connect.ts';
 import type { Side } from '../errors.ts';
 import type { MigrationSource } from '../sources/types.ts';
@@ -64,6 +65,72 @@ export interface StepContext {
   options: RunOptions;
   /** Progress line for the current step (listr2 on a TTY, plain lines otherwise). */
   progress: (text: string) => void;
+  /** Called around every journal unit; crash drills and tests inject them (src/drill.ts). */
+  hooks?: UnitHooks;
+  /** Input stamps per step and unit (set by the runner); unitOnce journals a unit's stamp with it. */
+  inputStamps?: ReadonlyMap<string, ReadonlyMap<string, InputStamp>>;
+}
+
+/**
+ * What one journal unit's work depends on (a step's own unit is ''). The runner digests `value`,
+ * journals the stamp when the unit finishes, and on `--resume` compares it with the inputs now.
+ */
+export interface UnitInputs {
+  /** The inputs themselves (JSON; key order does not matter). */
+  value: unknown;
+  /** Short human text naming them, journalled with the digest so a reason can say what changed. */
+  summary: string;
+  /** rerun: the unit runs again when they changed (its effect only adds); refuse: a finished unit cannot be redone on this green. */
+  whenChanged: 'rerun' | 'refuse';
+  /** True when the inputs a finished unit ran with still cover today's (e.g. a full check covers a sampled one). */
+  coveredBy?: (stored: InputStamp) => boolean;
+}
+
+/** A step's declared inputs, in run order of its units. */
+export interface StepInputs {
+  /** Inputs per journal unit id ('' for the step as a whole). */
+  units: ReadonlyMap<string, UnitInputs>;
+  /** Units that run again whenever any unit of the step is re-opened (they check what the others did). */
+  dependents?: readonly string[];
+  /** A unit that is new since the step ran: run it, or refuse when it sorts before a finished one (order matters). */
+  whenAdded: 'run' | 'refuse-before-finished';
+  /** A finished unit that is no longer declared: its effect stays, or the resume is refused. */
+  whenRemoved: 'keep' | 'refuse';
+  /** The hint of a refusal (default: `--restart`). */
+  refuseHint?: string;
+  /** Asked only when the step would run again: why it cannot on green as it is now (null: it can). */
+  reopenable?: () => Promise<string | null>;
+}
+
+/** A unit's inputs as journalled: digest and summary. */
+export interface InputStamp {
+  /** sha256 (hex, first 16) of the canonical JSON of the inputs. */
+  digest: string;
+  /** UnitInputs.summary. */
+  summary: string;
+}
+
+/** JSON with object keys sorted, so equal inputs always give the same digest. */
+function canonical(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
+  if (value && typeof value === 'object') {
+    return `{${Object.keys(value)
+      .sort()
+      .filter((k) => (value as Record<string, unknown>)[k] !== undefined)
+      .map((k) => `${JSON.stringify(k)}:${canonical((value as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(value ?? null);
+}
+
+/** Digest of inputs: sha256 (hex, first 16) of their canonical JSON. */
+export function digestOf(value: unknown): string {
+  return crypto.createHash('sha256').update(canonical(value)).digest('hex').slice(0, 16);
+}
+
+/** The stamp journalled for one unit's inputs. */
+export function stampOf(inputs: UnitInputs): InputStamp {
+  return { digest: digestOf(inputs.value), summary: inputs.summary };
 }
 
 /** The contract every step satisfies (checked at compile time with `satisfies Step`). */
@@ -82,6 +149,8 @@ export interface Step {
   verify(ctx: StepContext): Promise<void>;
   /** Undoes the step where possible. */
   rollback?(ctx: StepContext): Promise<void>;
+  /** What the step's work depends on (read-only); `--resume` re-opens or refuses a finished step whose inputs changed. */
+  inputs?(ctx: StepContext): Promise<StepInputs>;
 }
 
 /** Runs `fn` for a journal unit unless it is already done; returns the detail (stored or new). */
@@ -92,11 +161,12 @@ export async function unitOnce(ctx: StepContext, step: StepName, unit: string, f
   const previous = finished.get(unit);
   if (previous) return { skipped: true, detail: previous };
   await journal.start(step, unit);
-  await faultPoint('before', step, unit);
+  await ctx.hooks?.beforeUnit?.(step, unit);
   try {
     const detail = await fn();
-    await journal.finish(step, unit, detail);
-    await faultPoint('after', step, unit);
+    const stamp = ctx.inputStamps?.get(step)?.get(unit);
+    await journal.finish(step, unit, stamp ? { ...detail, inputs: stamp } : detail);
+    await ctx.hooks?.afterUnit?.(step, unit);
     return { skipped: false, detail };
   } catch (err) {
     // A side going away (or a statement timeout) is reported with this unit and the resume command.

@@ -1,14 +1,20 @@
 // The Hydra profile's semantic invariants (v1 blue vs v2 green): the seeds' 403s came from valid
 // sessions a migration silently broke, which counts and checksums cannot see on merged tables.
-// Blue queries get $1 = capture start (tokens issued later never reached green, by design) and
-// $2 = drained (before the drain, revocations still waiting in the outbox are not yet expected on green).
+// Blue queries get $1 = capture start (tokens issued later never reached green, by design),
+// $2 = drained (before the drain, revocations still waiting in the outbox are not yet expected on green)
+// and $3 = the copy's snapshot: "what blue granted" is read as of the snapshot (rows unchanged since),
+// so writes blue takes during the window are not reported as differences.
 
 import type { InvariantSpec } from '../cutover/schema.ts';
+import { existedAtSnapshot } from './as-of-snapshot.ts';
+
+// Every bind parameter a query is given must be typed where it appears: $2 is declared, not used.
+const DECLARE_DRAINED = '$2::boolean IS NOT NULL';
 
 const ACTIVE_TOKENS_BLUE = `
-SELECT 'access:' || signature FROM public.hydra_oauth2_access WHERE active AND requested_at <= $1::timestamptz
+SELECT 'access:' || a.signature FROM public.hydra_oauth2_access a WHERE a.active AND a.requested_at <= $1::timestamptz AND ${DECLARE_DRAINED} AND ${existedAtSnapshot('a')}
 UNION ALL
-SELECT 'refresh:' || signature FROM public.hydra_oauth2_refresh WHERE active AND requested_at <= $1::timestamptz`;
+SELECT 'refresh:' || r.signature FROM public.hydra_oauth2_refresh r WHERE r.active AND r.requested_at <= $1::timestamptz AND ${DECLARE_DRAINED} AND ${existedAtSnapshot('r')}`;
 
 const ACTIVE_TOKENS_GREEN = `
 SELECT 'access:' || signature FROM public.hydra_oauth2_access WHERE active
@@ -17,7 +23,7 @@ SELECT 'refresh:' || signature FROM public.hydra_oauth2_refresh WHERE active`;
 
 const REMEMBERED_CONSENTS_BLUE = `
 SELECT h.challenge FROM public.hydra_oauth2_consent_request_handled h
- WHERE h.remember AND h.error = '{}' AND h.requested_at <= $1::timestamptz`;
+ WHERE h.remember AND h.error = '{}' AND h.requested_at <= $1::timestamptz AND ${DECLARE_DRAINED} AND ${existedAtSnapshot('h')}`;
 
 // States 5 (consent handled) and 6 (consent used) are the granted ones; 129 is a rejected consent.
 const REMEMBERED_CONSENTS_GREEN = `
@@ -45,7 +51,7 @@ const TOKEN_QUARANTINE = [
 export const HYDRA_INVARIANTS: readonly InvariantSpec[] = [
   {
     name: 'active-tokens-stay-active',
-    description: 'every access/refresh token active in blue (issued before capture started) is active in green',
+    description: 'every access/refresh token active in blue as of the snapshot is active in green; quarantined ones are listed as expected losses',
     blue: ACTIVE_TOKENS_BLUE,
     green: ACTIVE_TOKENS_GREEN,
     relation: 'blue-subset-of-green',
@@ -53,7 +59,7 @@ export const HYDRA_INVARIANTS: readonly InvariantSpec[] = [
   },
   {
     name: 'remembered-consents-stay-remembered',
-    description: 'every remembered, granted consent in blue (consent_request_handled.remember) is remembered and granted in green (hydra_oauth2_flow)',
+    description: 'every remembered, granted consent in blue as of the snapshot (consent_request_handled.remember) is remembered and granted in green (hydra_oauth2_flow); quarantined ones are listed as expected losses',
     blue: REMEMBERED_CONSENTS_BLUE,
     green: REMEMBERED_CONSENTS_GREEN,
     relation: 'blue-subset-of-green',

@@ -1,0 +1,192 @@
+// What an engine profile declares, for one version pair (old -> new): capture tables, cleanup rules
+// with their tie-breaks, the dangling references the migrations rewrite, which rows carry access,
+// replay semantics of each side, invariants, conversions to compare, and where the fixture lives.
+// Types only (no imports at run time), so the consumer Worker can share the replay part.
+
+import type { CaptureTable, CleanupRule } from '../config/schema.ts';
+import type { InvariantSpec } from '../cutover/schema.ts';
+
+/**
+ * One criterion of a tie-break: an SQL expression over a candidate row (alias passed in); a bigger
+ * value wins (true beats false, later beats earlier).
+ */
+export interface TieCriterion {
+  /** What a winning value means, for sentences ("handled"). */
+  name: string;
+  /** What a losing value means ("not handled"). */
+  unlike: string;
+  /** The expression over alias `r` of the candidate row. */
+  sql: (r: string) => string;
+  /** True when the expression is boolean: its name is listed as a property of the kept row. */
+  boolean: boolean;
+}
+
+/** How duplicates of one group are resolved: the row ranking highest stays, the others are quarantined. */
+export interface TieBreak {
+  /** What one row is, for sentences ("consent"). */
+  noun: string;
+  /** Column that groups duplicates (rows sharing a non-NULL value are duplicates). */
+  groupColumn: string;
+  /** What the group is, for sentences ("login"). */
+  groupNoun: string;
+  /** Unique key column of a row; the last tie-break. */
+  keyColumn: string;
+  /** Criteria, most important first. */
+  order: readonly TieCriterion[];
+}
+
+/** One column a value rewrite changes: which rows, and the new value (SQL over alias `t`). */
+export interface ColumnRewrite {
+  /** The column rewritten. */
+  column: string;
+  /** Predicate over alias `t`: this row's value needs the rewrite. */
+  where: string;
+  /** The new value, an expression over alias `t` (it must mean what the old value meant to the migration). */
+  set: string;
+}
+
+/**
+ * Rows a rule keeps with values rewritten instead of moving them to quarantine: the old value is
+ * recorded (`bluegreen_quarantine._rewrites`) and `quarantine restore` puts it back. Columns the
+ * database does not have are left out (one declaration serves every release of the old version).
+ */
+export interface ValueRewrite {
+  /** The columns, each with its own predicate and new value. */
+  columns: readonly ColumnRewrite[];
+  /** What happens to the value, for `plan` ("escaped so that the migration's JSON pasting yields the original elements"). */
+  says: string;
+}
+
+/** A cleanup rule an engine brings: a configured rule, plus the tie-break that produced its `where`. */
+export interface EngineCleanupRule extends CleanupRule {
+  /** Set when the rule resolves duplicates: which row it keeps (written down once, stated by `plan`). */
+  tieBreak?: TieBreak;
+  /** Set when the rule keeps its rows and rewrites values instead (its `where` is the OR of the columns'). */
+  rewrite?: ValueRewrite;
+}
+
+/**
+ * A reference the new version's own migrations set to NULL when it points nowhere (Hydra 2.x:
+ * `challenge_id` of tokens whose flow is missing). Cleanup follows it (records the old value and
+ * sets NULL) instead of quarantining the row, which would take access the migration keeps.
+ */
+export interface NullRewrite {
+  /** Table holding the reference, `schema.table`. */
+  table: string;
+  /** The nullable referencing column. */
+  column: string;
+  /** Why it is rewritten rather than quarantined (what the real migration does). */
+  reason: string;
+}
+
+/** A kind of row that grants access: quarantining it takes something away from users. */
+export interface AccessCarrier {
+  /** The class named in "access changes" ("active access token"). */
+  kind: string;
+  /** Table, `schema.table`. */
+  table: string;
+  /** Predicate over alias `t`: the row grants access. */
+  where: string;
+}
+
+/** How a retyped column's old values correspond to its new ones. */
+export type ConversionKind = 'pipe-list-to-json-array' | 'text-to-json';
+
+/** One column the migrations retype through a conversion; validation compares it through the conversion. */
+export interface Conversion {
+  /** How values convert. */
+  kind: ConversionKind;
+  /** The old column and the column that identifies its row (unique). */
+  blue: { table: string; column: string; key: string };
+  /** The new column and the column holding the same key. */
+  green: { table: string; column: string; key: string };
+}
+
+/**
+ * A change the migrations make to whole rows: `dropped` lists blue keys with no green row (net of
+ * quarantine), `rewritten` lists keys on both sides whose value differs. Each query returns (key, value).
+ */
+export interface MigrationChange {
+  /** Name in reports. */
+  name: string;
+  /** One sentence: what changes and why. */
+  description: string;
+  /** What is reported. */
+  report: 'dropped' | 'rewritten';
+  /** Blue query, as of the snapshot ($1). */
+  blue: string;
+  /** Green query. */
+  green: string;
+  /** Quarantine tables whose rows (jsonb `row`) give blue keys that cleanup moved (not the migration's doing). */
+  quarantine: { table: string; key: string }[];
+  /** Tables that must exist for the change to apply to this version pair. */
+  requires: { blue: string[]; green: string[] };
+}
+
+/** How a token table loses access: the row goes away, or its active flag turns off. */
+export type RemoveAction = 'delete' | 'deactivate';
+
+/** A token table (access or refresh) and how removing access looks in it. */
+export interface TokenTableSemantics {
+  /** Table name in schema `public`. */
+  table: string;
+  /** What "no longer grants access" means for this table. */
+  remove: RemoveAction;
+}
+
+/** Which token rows a kind reaches: every row of the token's grant (request), or just that token. */
+export interface TokenKindSemantics {
+  /** `request`: all rows sharing the request id (resolved from the signature when needed); `token`: the signature's row. */
+  scope: 'request' | 'token';
+  /** Token tables the kind touches. */
+  tables: readonly ('access' | 'refresh')[];
+}
+
+/** The declared replay semantics of one schema shape (one side of a version pair). */
+export interface ProfileSemantics {
+  /** Access and refresh token tables. */
+  tokens: { access: TokenTableSemantics; refresh: TokenTableSemantics };
+  /** Token-level kinds and what they reach. */
+  kinds: { 'token-revoke': TokenKindSemantics; 'refresh-rotate': TokenKindSemantics; 'access-remove': TokenKindSemantics };
+  /**
+   * Consent revocation deletes these rows; the schema's foreign keys cascade to their tokens. A
+   * revocation by subject reaches only consents requested at or before its time (`requestedAtColumn`,
+   * a UTC `timestamp` as Hydra writes it), so a late replay never deletes a consent granted anew.
+   */
+  consent: { table: string; challengeColumn: string; subjectColumn: string; clientColumn: string; requestedAtColumn: string };
+}
+
+/** Replay semantics names: `<engine>-<version>`, one per schema shape an engine knows. */
+export type ReplayProfile = 'hydra-v1' | 'hydra-v2';
+
+/** Everything one engine knows about upgrading from one version to the next. */
+export interface VersionPair {
+  /** Old version, e.g. "v1" (blue before the migrations). */
+  from: string;
+  /** New version, e.g. "v2" (green after them). */
+  to: string;
+  /** Tables whose access-removing writes are captured: on blue (old shape) and on green after cutover (new shape). */
+  capture: { blue: readonly CaptureTable[]; green: readonly CaptureTable[] };
+  /** Cleanup: rules (run first, in order), rewrites followed instead of quarantine, rows that carry access. */
+  cleanup: { rules: readonly EngineCleanupRule[]; rewrites: readonly NullRewrite[]; accessCarriers: readonly AccessCarrier[] };
+  /** Replay semantics of each side. */
+  replay: { blue: ReplayProfile; green: ReplayProfile };
+  /** Semantic invariants (blue old shape vs green new shape). */
+  invariants: readonly InvariantSpec[];
+  /** Columns compared through a conversion. */
+  conversions: readonly Conversion[];
+  /** Whole-row changes the migrations make on purpose (rows a merge drops, states it rewrites). */
+  changes: readonly MigrationChange[];
+  /** The self-written fixture for this pair, as paths relative to the repository (dev and tests only; never imported). */
+  fixture: { blueSchema: string; migrations: string; seeder: string } | null;
+}
+
+/** An engine: its name in config and its version pairs (the first is the default). */
+export interface Engine {
+  /** Name written as `profile` in the config. */
+  name: string;
+  /** One sentence for humans. */
+  description: string;
+  /** Known upgrades, the default first. */
+  pairs: readonly VersionPair[];
+}
