@@ -249,6 +249,7 @@ describe('cleanup keeps what grants access', () => {
       'null-dangling:hydra_oauth2_access_challenge_id_fk',
       'null-dangling:hydra_oauth2_refresh_challenge_id_fk',
       'pipe-quote',
+      'repair:flow-state-no-error',
     ]);
     const rule = 'null-dangling:hydra_oauth2_access_challenge_id_fk';
     const restored = await runCli(['quarantine', 'restore', '--rule', rule, '--config', cfg.file, '--json'], cfg.env);
@@ -259,7 +260,7 @@ describe('cleanup keeps what grants access', () => {
     expect(onBlue.every((r) => r.challenge_id !== null)).toBe(true);
     expect(await read(pair.greenDsn)).toEqual(onBlue);
     const left = await withClient(pair.greenDsn, async (c) => (await c.query(`SELECT DISTINCT rule FROM bluegreen_quarantine._rewrites ORDER BY 1`)).rows.map((r) => r.rule));
-    expect(left).toEqual(['invalid-json', 'null-dangling:hydra_oauth2_refresh_challenge_id_fk', 'pipe-quote']);
+    expect(left).toEqual(['invalid-json', 'null-dangling:hydra_oauth2_refresh_challenge_id_fk', 'pipe-quote', 'repair:flow-state-no-error']);
   });
 });
 

@@ -6,6 +6,8 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { lintCommand } from '../src/commands/lint.ts';
 import { lintMigrations, migrationFromFile } from '../src/lint/index.ts';
+import { parseMigration } from '../src/lint/parse.ts';
+import { planMigration } from '../src/lint/rewrite.ts';
 import { LINT_RULES } from '../src/lint/rules.ts';
 import { popSource } from '../src/sources/pop.ts';
 import { ROOT, runCli, V2_MIGRATIONS } from './harness.ts';
@@ -90,5 +92,19 @@ describe('migrate lint for CI', () => {
     expect(JSON.parse(r.stdout).findings[0]).toMatchObject({ rule: 'whole-table-update', line: 2 });
     const clean = await runCli(['lint', path.join(DIR, 'safe-not-valid.sql')]);
     expect(clean.code, clean.stderr).toBe(0);
+  });
+});
+
+describe('lock-safe rewrite of whole-table UPDATEs', () => {
+  const migration = (sql: string) => ({ id: '1', name: 'backfill', file: null, sql, transaction: 'default' as const });
+
+  it('batches a whole-table UPDATE by primary key', async () => {
+    const plan = planMigration(await parseMigration(migration('UPDATE clients SET nid = 1;')), true);
+    expect(plan.units.some((u) => u.mode === 'batched')).toBe(true);
+  });
+
+  it('leaves an UPDATE ... RETURNING as written (its RETURNING list would land in the batches)', async () => {
+    const plan = planMigration(await parseMigration(migration('UPDATE clients SET nid = 1 RETURNING id;')), true);
+    expect(plan.units.some((u) => u.mode === 'batched')).toBe(false);
   });
 });

@@ -207,9 +207,10 @@ describe('validation tells the truth', () => {
          SELECT 'nologin-' || x, 'nologin-v-' || x, (SELECT id FROM hydra_client ORDER BY pk LIMIT 1), 'someone', 'https://x.test', false, 'openid', 'csrf' FROM unnest(ARRAY['remembered', 'pending']) x`,
       );
       await c.query(`INSERT INTO hydra_oauth2_consent_request_handled (challenge, granted_scope, remember, remember_for, error, was_used, requested_at) VALUES ('nologin-remembered', 'openid', true, 0, '{}', false, now() - interval '1 day')`);
-      // A handled login whose error is empty text: v1 treats it as no error, the v2 merge as a rejection (state 128).
+      // A handled login whose error text is '{}' padded with a space: the state classifier reads it as no
+      // error, the v2 merge as a rejection (128), and the engine's repair (exactly '{}' or '' only) leaves it.
       const { rows } = await c.query(
-        `UPDATE hydra_oauth2_authentication_request_handled h SET error = '' WHERE h.challenge = (
+        `UPDATE hydra_oauth2_authentication_request_handled h SET error = ' {}' WHERE h.challenge = (
            SELECT l.challenge FROM hydra_oauth2_authentication_request_handled l WHERE l.error = '{}'
               AND NOT EXISTS (SELECT 1 FROM hydra_oauth2_consent_request c WHERE c.login_challenge = l.challenge) ORDER BY 1 LIMIT 1)
          RETURNING h.challenge`,

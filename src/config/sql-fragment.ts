@@ -10,7 +10,9 @@
 // fragment's own text is what runs; that is safe only because it is checked in the exact position it
 // is spliced into, with balanced parentheses, no `;` and no comment token.
 
-import { loadModule, parseSync, scanSync } from 'libpg-query';
+import { loadModule, parseSync, scanSync, type ScanToken } from 'libpg-query';
+import type { RawStmt } from '@pgsql/types';
+import { bodyAt, fields, nodeBody, unwrap } from '../lint/parse.ts';
 
 // The parser is WebAssembly; loading it here keeps config loading synchronous for every caller.
 await loadModule();
@@ -49,15 +51,13 @@ const EXPRESSION_SUFFIX = ' FROM bluegreen_check';
 // The only clauses the wrapper itself produces; anything else came from the fragment.
 const WRAPPER_KEYS = new Set(['targetList', 'fromClause', 'whereClause', 'limitOption', 'op']);
 
-type Node = Record<string, unknown>;
-
 /** Checks `sql` has the given shape and nothing else; never touches a database. */
 export function checkSqlFragment(sql: string, shape: SqlShape): FragmentCheck {
   if (sql.trim() === '') return { ok: false, problem: 'is empty' };
   const text = shape === 'predicate' ? PREDICATE_PREFIX + sql : shape === 'expression' ? EXPRESSION_PREFIX + sql + EXPRESSION_SUFFIX : sql;
-  let stmts: Node[];
+  let stmts: RawStmt[];
   try {
-    stmts = (parseSync(text).stmts ?? []) as Node[];
+    stmts = parseSync(text).stmts ?? [];
   } catch (err) {
     return { ok: false, problem: `does not parse: ${(err as Error).message}` };
   }
@@ -66,12 +66,13 @@ export function checkSqlFragment(sql: string, shape: SqlShape): FragmentCheck {
     if (lexical) return { ok: false, problem: lexical };
   }
   if (stmts.length !== 1) return { ok: false, problem: `holds ${stmts.length} statements` };
-  const [kind, body] = Object.entries((stmts[0]!.stmt ?? {}) as Record<string, Node>)[0] ?? ['nothing', {}];
-  if (kind !== 'SelectStmt') return { ok: false, problem: `is a ${kind.replace(/Stmt$/, '')} statement, not a SELECT` };
+  const entry = unwrap(stmts[0]!.stmt);
+  if (entry?.kind !== 'SelectStmt') return { ok: false, problem: `is a ${(entry?.kind ?? 'nothing').replace(/Stmt$/, '')} statement, not a SELECT` };
+  const body = entry.body;
   if (shape !== 'query') {
-    const extra = Object.keys(body).filter((k) => !WRAPPER_KEYS.has(k) || (k === 'op' && body[k] !== 'SETOP_NONE') || (k === 'limitOption' && body[k] !== 'LIMIT_OPTION_DEFAULT'));
+    const extra = Object.keys(body).filter((k) => !WRAPPER_KEYS.has(k) || (k === 'op' && body.op !== 'SETOP_NONE') || (k === 'limitOption' && body.limitOption !== 'LIMIT_OPTION_DEFAULT'));
     if (extra.length) return { ok: false, problem: `adds clauses to the statement it is spliced into (${extra.join(', ')})` };
-    if ((body.targetList as unknown[] | undefined)?.length !== 1) return { ok: false, problem: 'is more than one expression' };
+    if (body.targetList?.length !== 1) return { ok: false, problem: 'is more than one expression' };
   }
   const functions: CalledFunction[] = [];
   const problem = walk(body, functions);
@@ -80,9 +81,9 @@ export function checkSqlFragment(sql: string, shape: SqlShape): FragmentCheck {
 
 /** `;`, comments and unbalanced parentheses: what lets a fragment escape the place it is spliced into. */
 function lexicalProblem(sql: string): string | null {
-  let tokens: { tokenName: string }[];
+  let tokens: ScanToken[];
   try {
-    tokens = scanSync(sql).tokens as { tokenName: string }[];
+    tokens = scanSync(sql).tokens;
   } catch {
     return 'cannot be split into tokens';
   }
@@ -98,20 +99,13 @@ function lexicalProblem(sql: string): string | null {
 
 /** Refuses writes, locks and side-effecting calls anywhere in the tree; collects every function called. */
 function walk(node: unknown, functions: CalledFunction[]): string | null {
-  if (Array.isArray(node)) {
-    for (const n of node) {
-      const p = walk(n, functions);
-      if (p) return p;
-    }
-    return null;
-  }
-  if (!node || typeof node !== 'object') return null;
-  for (const [key, value] of Object.entries(node as Node)) {
+  for (const [key, value] of fields(node)) {
     if (/Stmt$/.test(key) && key !== 'SelectStmt') return `contains a ${key.replace(/Stmt$/, '')} statement (a data-modifying WITH or sub-statement)`;
     if (key === 'lockingClause') return 'takes row locks (FOR UPDATE / FOR SHARE)';
     if (key === 'intoClause') return 'creates a table (SELECT INTO)';
-    if (key === 'FuncCall') {
-      const parts = ((value as Node).funcname as Node[] | undefined ?? []).map((n) => String((n.String as Node | undefined)?.sval ?? ''));
+    const call = bodyAt(key, value, 'FuncCall');
+    if (call) {
+      const parts = (call.funcname ?? []).map((n) => String(nodeBody(n, 'String')?.sval ?? ''));
       const fn: CalledFunction = { schema: parts.length > 1 ? parts[parts.length - 2]! : null, name: parts[parts.length - 1] ?? '' };
       if (SIDE_EFFECTING.test(fn.name.toLowerCase())) return `calls ${fn.name}(), which changes the database or reaches outside this query`;
       functions.push(fn);

@@ -5,6 +5,8 @@
 
 import { spawn } from 'node:child_process';
 import { parse } from 'libpg-query';
+import type { Constraint, Node, RangeVar } from '@pgsql/types';
+import { nodeBody, unwrap } from '../lint/parse.ts';
 import { SourceError } from '../errors.ts';
 import { pgEnv } from './binaries.ts';
 import { redact } from './redact.ts';
@@ -70,18 +72,12 @@ export interface UniqueConstraint {
   nullsNotDistinct: boolean;
 }
 
-interface RawStmt {
-  stmt: Record<string, Record<string, unknown>>;
-  stmt_location?: number;
-  stmt_len?: number;
-}
-
 /** Splits a pg_dump script into classified statements. */
 export async function splitDump(script: string): Promise<DumpStatement[]> {
-  const tree = (await parse(script)) as unknown as { stmts: RawStmt[] };
+  const tree = await parse(script);
   const bytes = Buffer.from(script, 'utf8');
   const seen = new Map<string, number>();
-  return tree.stmts.map((s) => {
+  return (tree.stmts ?? []).map((s) => {
     const start = s.stmt_location ?? 0;
     const sql = (s.stmt_len ? bytes.subarray(start, start + s.stmt_len) : bytes.subarray(start)).toString('utf8').trim().replace(/;\s*$/, '');
     const { kind, name, ...extra } = classify(s.stmt);
@@ -91,44 +87,33 @@ export async function splitDump(script: string): Promise<DumpStatement[]> {
   });
 }
 
-function rel(node: unknown): string {
-  const r = node as { schemaname?: string; relname?: string } | undefined;
+function rel(r: RangeVar | undefined): string {
   return r ? `${r.schemaname ?? 'public'}.${r.relname ?? '?'}` : '?';
 }
 
-interface ParsedConstraint {
-  contype?: string;
-  conname?: string;
-  keys?: { String?: { sval?: string } }[];
-  including?: unknown[];
-  options?: unknown[];
-  indexspace?: string;
-  deferrable?: boolean;
-  nulls_not_distinct?: boolean;
-  pktable?: unknown;
-}
-
 /** Only plain key lists convert; INCLUDE, WITH, TABLESPACE and DEFERRABLE keep pg_dump's own statement. */
-function uniqueOf(con: ParsedConstraint): UniqueConstraint | undefined {
+function uniqueOf(con: Constraint): UniqueConstraint | undefined {
   if (con.contype !== 'CONSTR_PRIMARY' && con.contype !== 'CONSTR_UNIQUE') return undefined;
   if (!con.conname || con.including?.length || con.options?.length || con.indexspace || con.deferrable) return undefined;
-  const columns = (con.keys ?? []).map((k) => k.String?.sval ?? '');
+  const columns = (con.keys ?? []).map((k) => nodeBody(k, 'String')?.sval ?? '');
   if (!columns.length || columns.some((c) => !c)) return undefined;
   return { name: con.conname, columns, primary: con.contype === 'CONSTR_PRIMARY', nullsNotDistinct: !!con.nulls_not_distinct };
 }
 
 type Classified = { kind: PostDataKind; name: string; table?: string; references?: string; unique?: UniqueConstraint };
 
-function classify(stmt: Record<string, Record<string, unknown>>): Classified {
-  const [type, body] = Object.entries(stmt)[0] ?? ['Unknown', {}];
-  if (type === 'VariableSetStmt' || type === 'SelectStmt') return { kind: 'setting', name: `setting:${String(body.name ?? 'select')}` };
-  if (type === 'IndexStmt') return { kind: 'index', name: `index:${rel(body.relation).split('.')[0]}.${String(body.idxname)}`, table: rel(body.relation) };
-  if (type === 'CreateTrigStmt' && String(body.trigname ?? '').startsWith('bluegreen_')) return { kind: 'own-trigger', name: `trigger:${String(body.trigname)}` };
-  if (type === 'AlterTableStmt') {
-    const table = rel(body.relation);
-    const cmds = (body.cmds as { AlterTableCmd?: { subtype?: string; def?: { Constraint?: ParsedConstraint } } }[]) ?? [];
-    const con = cmds[0]?.AlterTableCmd?.def?.Constraint;
-    if (cmds[0]?.AlterTableCmd?.subtype === 'AT_AddConstraint' && con) {
+function classify(stmt: Node | undefined): Classified {
+  const entry = unwrap(stmt);
+  if (!entry) return { kind: 'other', name: 'unknown' };
+  if (entry.kind === 'VariableSetStmt') return { kind: 'setting', name: `setting:${String(entry.body.name ?? 'select')}` };
+  if (entry.kind === 'SelectStmt') return { kind: 'setting', name: 'setting:select' };
+  if (entry.kind === 'IndexStmt') return { kind: 'index', name: `index:${rel(entry.body.relation).split('.')[0]}.${String(entry.body.idxname)}`, table: rel(entry.body.relation) };
+  if (entry.kind === 'CreateTrigStmt' && String(entry.body.trigname ?? '').startsWith('bluegreen_')) return { kind: 'own-trigger', name: `trigger:${String(entry.body.trigname)}` };
+  if (entry.kind === 'AlterTableStmt') {
+    const table = rel(entry.body.relation);
+    const first = nodeBody(entry.body.cmds?.[0], 'AlterTableCmd');
+    const con = nodeBody(first?.def, 'Constraint');
+    if (first?.subtype === 'AT_AddConstraint' && con) {
       const name = `constraint:${table}.${con.conname ?? '?'}`;
       if (con.contype === 'CONSTR_FOREIGN') return { kind: 'foreign-key', name, table, references: rel(con.pktable) };
       const unique = uniqueOf(con);
@@ -136,6 +121,6 @@ function classify(stmt: Record<string, Record<string, unknown>>): Classified {
     }
     return { kind: 'other', name: `alter:${table}`, table };
   }
-  if (type === 'CreateTrigStmt') return { kind: 'other', name: `trigger:${rel(body.relation)}.${String(body.trigname)}`, table: rel(body.relation) };
-  return { kind: 'other', name: type.replace(/Stmt$/, '').toLowerCase() };
+  if (entry.kind === 'CreateTrigStmt') return { kind: 'other', name: `trigger:${rel(entry.body.relation)}.${String(entry.body.trigname)}`, table: rel(entry.body.relation) };
+  return { kind: 'other', name: entry.kind.replace(/Stmt$/, '').toLowerCase() };
 }

@@ -5,7 +5,7 @@
 import type { CaptureTable } from '../config/schema.ts';
 import type { InvariantSpec } from '../cutover/schema.ts';
 import { HYDRA } from './hydra/index.ts';
-import type { AccessCarrier, Conversion, EngineCleanupRule, Engine, MigrationChange, NullRewrite, ReplayProfile, VersionPair } from './types.ts';
+import type { AccessCarrier, Conversion, EngineCleanupRule, Engine, MigrationChange, NullRewrite, PostMigrationRepair, ReplayProfile, VersionPair } from './types.ts';
 
 /** Engines by config name; `none` knows nothing (everything comes from the config). */
 export const ENGINES: Readonly<Record<'hydra' | 'none', Engine>> = {
@@ -33,6 +33,8 @@ export interface ResolvedEngine {
   conversions: readonly Conversion[];
   /** Whole-row changes the migrations make on purpose, listed by validation. */
   changes: readonly MigrationChange[];
+  /** Fixes the migrate step runs on green after the last migration. */
+  repairs: readonly PostMigrationRepair[];
   /** Replay semantics: into green (config `replay.profile`) and into blue on a rollback. */
   replay: { green: ReplayProfile; blue: ReplayProfile };
 }
@@ -61,6 +63,7 @@ export function resolveEngine(profile: 'hydra' | 'none', replayProfile: ReplayPr
     invariants: pair?.invariants ?? [],
     conversions: pair?.conversions ?? [],
     changes: pair?.changes ?? [],
+    repairs: pair?.repairs ?? [],
     replay: { green: replayProfile, blue: counterpart },
   };
 }

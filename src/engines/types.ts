@@ -21,6 +21,30 @@ export interface TieCriterion {
   boolean: boolean;
 }
 
+/**
+ * A fix applied on green after the migrations, where a migration misreads a value its own version
+ * wrote (Hydra's flow merge reads the `{}` that 1.11 stores for "no error" as an error). It follows
+ * the migration's intent: the rows it selects get the value the migration would have given had it
+ * read the old value as the old version did. Each repaired value is recorded in
+ * `bluegreen_quarantine._rewrites` (rule `repair:<name>`), so `quarantine restore` can put it back.
+ */
+export interface PostMigrationRepair {
+  /** Name; the journal unit is `repair:<name>`. */
+  name: string;
+  /** Why, for plan and the `_rewrites` row. */
+  reason: string;
+  /** Table, `schema.table` (as the migrations leave it). */
+  table: string;
+  /** Columns it reads or writes: when any is missing (another release's shape), the repair is skipped and says so. */
+  requires: readonly string[];
+  /** The column set. */
+  column: string;
+  /** Predicate over alias `t`: the rows the migration got wrong (and only those). */
+  where: string;
+  /** The value it should have written, an expression over alias `t`. */
+  set: string;
+}
+
 /** How duplicates of one group are resolved: the row ranking highest stays, the others are quarantined. */
 export interface TieBreak {
   /** What one row is, for sentences ("consent"). */
@@ -177,6 +201,8 @@ export interface VersionPair {
   conversions: readonly Conversion[];
   /** Whole-row changes the migrations make on purpose (rows a merge drops, states it rewrites). */
   changes: readonly MigrationChange[];
+  /** Fixes run on green after the last migration, in order, where a migration misreads old values. */
+  repairs: readonly PostMigrationRepair[];
   /** The self-written fixture for this pair, as paths relative to the repository (dev and tests only; never imported). */
   fixture: { blueSchema: string; migrations: string; seeder: string } | null;
 }

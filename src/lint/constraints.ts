@@ -8,7 +8,8 @@
 import { checkSqlFragment } from '../config/sql-fragment.ts';
 import type { Db } from '../db/connect.ts';
 import { ident, qualified, tableKey, type TableRef } from '../db/sql.ts';
-import { findNodes, names, relative, slice, tableOf, tokens, type Ast, type ParsedFile, type ParsedStatement } from './parse.ts';
+import type { Constraint, TypeCast, TypeName } from '@pgsql/types';
+import { bodies, findNodes, names, nodeBody, relative, slice, tableOf, tokens, type ParsedFile, type ParsedStatement } from './parse.ts';
 
 /** One constraint a pending migration adds or tightens, with its detection predicate. */
 export interface DerivedCheck {
@@ -58,7 +59,7 @@ async function currentColumns(db: Db): Promise<Columns> {
   return out;
 }
 
-const isJsonType = (typeName: Ast): boolean => ['json', 'jsonb'].includes(names(typeName?.names).at(-1) ?? '');
+const isJsonType = (typeName: TypeName | undefined): boolean => ['json', 'jsonb'].includes(names(typeName?.names).at(-1) ?? '');
 
 /** The text inside the parentheses that follow the first `keyword` token at or after `from`. */
 function parenthesized(stmt: ParsedStatement, from: number, keyword: string): string | null {
@@ -77,9 +78,10 @@ function parenthesized(stmt: ParsedStatement, from: number, keyword: string): st
 const PLAIN_FUNCTIONS = new Set(['coalesce', 'nullif', 'replace', 'concat', 'lower', 'upper', 'trim', 'btrim', 'ltrim', 'rtrim', 'regexp_replace', 'translate', 'substring', 'substr']);
 
 /** The text of a cast's argument: `CAST(<arg> AS type)` or `<arg>::type` (a parenthesized arg whole). */
-function castArgument(stmt: ParsedStatement, cast: Ast): string | null {
+function castArgument(stmt: ParsedStatement, cast: TypeCast): string | null {
   const toks = tokens(stmt.bytes);
-  const at = relative(stmt, cast.location);
+  // An absent location matches no token (NaN), as the arithmetic on it always did.
+  const at = relative(stmt, cast.location ?? Number.NaN);
   const k = toks.findIndex((t) => t.start === at);
   if (k < 0) return null;
   if (toks[k]!.text.toUpperCase() === 'CAST' && toks[k + 1]?.text === '(') {
@@ -114,17 +116,16 @@ export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promis
     const created = new Set<string>();
     for (const s of pf.statements) {
       const origin = `${pf.file}:${s.line}`;
-      const b = s.body;
-      if (s.kind === 'CreateStmt') created.add(tableKey(tableOf(b.relation)));
-      if (s.kind === 'DropStmt' && b.removeType === 'OBJECT_TABLE') {
-        for (const o of b.objects ?? []) {
-          const parts = names(o.List?.items);
+      if (s.kind === 'CreateStmt') created.add(tableKey(tableOf(s.body.relation)));
+      if (s.kind === 'DropStmt' && s.body.removeType === 'OBJECT_TABLE') {
+        for (const o of s.body.objects ?? []) {
+          const parts = names(nodeBody(o, 'List')?.items);
           tableDrops.set(tableKey({ schema: parts.length > 1 ? parts[0]! : 'public', name: parts.at(-1) ?? '' }), origin);
         }
       }
       const existing = (t: TableRef): boolean => cols.has(tableKey(t)) && !created.has(tableKey(t));
 
-      const foreignKey = (t: TableRef, con: Ast): void => {
+      const foreignKey = (t: TableRef, con: Constraint): void => {
         const parent = tableOf(con.pktable);
         const child = names(con.fk_attrs);
         const parentCols = names(con.pk_attrs);
@@ -162,12 +163,12 @@ export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promis
         });
       };
 
-      if (s.kind === 'AlterTableStmt' && b.objtype === 'OBJECT_TABLE') {
-        const t = tableOf(b.relation);
+      if (s.kind === 'AlterTableStmt' && s.body.objtype === 'OBJECT_TABLE') {
+        const t = tableOf(s.body.relation);
         if (!existing(t)) continue;
         const jsonExprs: { text: string; columns: string[] }[] = [];
-        for (const { AlterTableCmd: c } of b.cmds ?? []) {
-          const con = c.def?.Constraint;
+        for (const c of bodies(s.body.cmds, 'AlterTableCmd')) {
+          const con = nodeBody(c.def, 'Constraint');
           if (c.subtype === 'AT_AddConstraint' && con) {
             const add = con.contype === 'CONSTR_FOREIGN' ? () => foreignKey(t, con) : con.contype === 'CONSTR_CHECK' ? () => checkConstraint(t, con, s, origin) : null;
             if (add && con.skip_validation && con.conname) notValid.set(`${tableKey(t)}.${con.conname}`, add);
@@ -175,28 +176,32 @@ export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promis
             if ((con.contype === 'CONSTR_PRIMARY' || con.contype === 'CONSTR_UNIQUE') && !con.indexname) unique(t, names(con.keys), con.conname ?? `${t.name}_${names(con.keys).join('_')}_key`, con.contype === 'CONSTR_PRIMARY');
           }
           if (c.subtype === 'AT_ValidateConstraint') notValid.get(`${tableKey(t)}.${c.name}`)?.();
+          // SET NOT NULL and ALTER COLUMN TYPE always name their column; String() prints it as the templates do.
+          const column = String(c.name);
           if (c.subtype === 'AT_SetNotNull') {
-            const base = { name: `ddl-not-null:${t.name}.${c.name}`, kind: 'not-null' as const, constraint: `NOT NULL ${tableKey(t)}.${c.name}`, table: t, reason: `${c.name} is NULL; ${origin} sets it NOT NULL`, origin };
-            checks.push(has(t, c.name) ? { ...base, where: `t.${ident(c.name)} IS NULL` } : { ...base, where: null, note: `${c.name} is added by the migrations (the backfill decides)` });
+            const base = { name: `ddl-not-null:${t.name}.${column}`, kind: 'not-null' as const, constraint: `NOT NULL ${tableKey(t)}.${column}`, table: t, reason: `${column} is NULL; ${origin} sets it NOT NULL`, origin };
+            checks.push(has(t, column) ? { ...base, where: `t.${ident(column)} IS NULL` } : { ...base, where: null, note: `${column} is added by the migrations (the backfill decides)` });
           }
-          if (c.subtype === 'AT_AlterColumnType' && isJsonType(c.def?.ColumnDef?.typeName)) {
-            const using = c.def.ColumnDef.raw_default;
-            if (using?.TypeCast && isJsonType(using.TypeCast.typeName)) {
-              const castAt = relative(s, using.TypeCast.location);
+          const colDef = nodeBody(c.def, 'ColumnDef');
+          if (c.subtype === 'AT_AlterColumnType' && isJsonType(colDef?.typeName)) {
+            const using = colDef?.raw_default;
+            const usingCast = nodeBody(using, 'TypeCast');
+            if (usingCast && isJsonType(usingCast.typeName)) {
+              const castAt = relative(s, usingCast.location ?? Number.NaN);
               const kw = tokens(s.bytes).filter((k) => k.end <= castAt && k.text.toUpperCase() === 'USING').at(-1);
-              if (kw) jsonExprs.push({ text: slice(s, kw.end, castAt).trim(), columns: findNodes(using, 'ColumnRef').map((r: Ast) => names(r.fields).at(-1) ?? '') });
-            } else if (!using) jsonExprs.push({ text: ident(c.name), columns: [c.name] });
+              if (kw) jsonExprs.push({ text: slice(s, kw.end, castAt).trim(), columns: findNodes(using, 'ColumnRef').map((r) => names(r.fields).at(-1) ?? '') });
+            } else if (!using) jsonExprs.push({ text: ident(column), columns: [column] });
           }
         }
         jsonCast(t, jsonExprs, String(s.line));
-      } else if (s.kind === 'IndexStmt' && b.unique) {
-        const t = tableOf(b.relation);
+      } else if (s.kind === 'IndexStmt' && s.body.unique) {
+        const t = tableOf(s.body.relation);
         if (!existing(t)) continue;
-        const keys = (b.indexParams ?? []).map((p: Ast) => p.IndexElem?.name).filter((n: unknown): n is string => typeof n === 'string');
-        if (keys.length === (b.indexParams ?? []).length && !b.whereClause) unique(t, keys, b.idxname ?? `${t.name}_${keys.join('_')}_idx`, false);
-      } else if (s.kind === 'DropStmt' && b.removeType === 'OBJECT_INDEX' && b.behavior === 'DROP_CASCADE') {
-        for (const o of b.objects ?? []) {
-          const parts = names(o.List?.items);
+        const keys = (s.body.indexParams ?? []).map((p) => nodeBody(p, 'IndexElem')?.name).filter((n) => typeof n === 'string');
+        if (keys.length === (s.body.indexParams ?? []).length && !s.body.whereClause) unique(t, keys, s.body.idxname ?? `${t.name}_${keys.join('_')}_idx`, false);
+      } else if (s.kind === 'DropStmt' && s.body.removeType === 'OBJECT_INDEX' && s.body.behavior === 'DROP_CASCADE') {
+        for (const o of s.body.objects ?? []) {
+          const parts = names(nodeBody(o, 'List')?.items);
           const index = `${parts.length > 1 ? parts[0] : 'public'}.${parts.at(-1)}`;
           cascades.push({ index, origin, dropped: await dependentForeignKeys(db, index) });
         }
@@ -204,21 +209,21 @@ export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promis
         // A cast to json(b) inside INSERT ... SELECT, UPDATE, CREATE TABLE AS: of a bare column, or of an
         // expression (COALESCE, CASE, string pasting, nested casts) whose columns all come from one table
         // that exists today. The expression runs as written, with its own qualifier bound to the row.
-        const rvs = findNodes(b, 'RangeVar');
+        const rvs = findNodes(s.body, 'RangeVar');
         const byTable = new Map<string, { t: TableRef; exprs: { text: string; columns: string[] }[] }>();
-        for (const cast of findNodes(b, 'TypeCast')) {
+        for (const cast of findNodes(s.body, 'TypeCast')) {
           if (!isJsonType(cast.typeName)) continue;
-          const refs = findNodes(cast.arg, 'ColumnRef').map((r: Ast) => names(r.fields));
-          if (!refs.length || findNodes(cast.arg, 'SubLink').length || findNodes(cast.arg, 'FuncCall').some((f: Ast) => !PLAIN_FUNCTIONS.has(names(f.funcname).at(-1)?.toLowerCase() ?? ''))) continue;
-          const qualifiers = new Set(refs.map((parts: string[]) => (parts.length > 1 ? parts.at(-2) : '')));
+          const refs = findNodes(cast.arg, 'ColumnRef').map((r) => names(r.fields));
+          if (!refs.length || findNodes(cast.arg, 'SubLink').length || findNodes(cast.arg, 'FuncCall').some((f) => !PLAIN_FUNCTIONS.has(names(f.funcname).at(-1)?.toLowerCase() ?? ''))) continue;
+          const qualifiers = new Set(refs.map((parts) => (parts.length > 1 ? parts.at(-2) : '')));
           if (qualifiers.size !== 1) continue;
           const q = [...qualifiers][0]!;
-          const rv = q ? rvs.find((r: Ast) => (r.alias?.aliasname ?? r.relname) === q) : rvs.length === 1 ? rvs[0] : undefined;
+          const rv = q ? rvs.find((r) => (r.alias?.aliasname ?? r.relname) === q) : rvs.length === 1 ? rvs[0] : undefined;
           if (!rv) continue;
           const t = tableOf(rv);
           if (!existing(t)) continue;
-          const columns = refs.map((parts: string[]) => parts.at(-1)!);
-          const bare = cast.arg?.ColumnRef !== undefined;
+          const columns = refs.map((parts) => parts.at(-1)!);
+          const bare = nodeBody(cast.arg, 'ColumnRef') !== undefined;
           const text = bare ? `t.${ident(columns[0]!)}` : castArgument(s, cast);
           if (text === null) continue;
           const entry = byTable.get(tableKey(t)) ?? { t, exprs: [] };
@@ -239,12 +244,12 @@ export async function deriveChecks(db: Db, files: readonly ParsedFile[]): Promis
   }
   return { checks: checks.map(plainPredicate), cascades };
 
-  function checkConstraint(t: TableRef, con: Ast, s: ParsedStatement, origin: string): void {
-    const expr = parenthesized(s, relative(s, con.location), 'CHECK');
+  function checkConstraint(t: TableRef, con: Constraint, s: ParsedStatement, origin: string): void {
+    const expr = parenthesized(s, relative(s, con.location ?? Number.NaN), 'CHECK');
     const name = con.conname ?? `${t.name}_check`;
     const base = { name: `ddl-check:${name}`, kind: 'check' as const, constraint: `CHECK ${tableKey(t)} (${expr ?? '?'})`, table: t, reason: `violates CHECK (${expr}) added by ${origin}`, origin };
-    const refs = findNodes(con.raw_expr, 'ColumnRef').map((r: Ast) => names(r.fields).at(-1) ?? '');
-    if (!expr || !refs.every((c: string) => has(t, c))) return void checks.push({ ...base, where: null, note: 'its columns are added by the migrations' });
+    const refs = findNodes(con.raw_expr, 'ColumnRef').map((r) => names(r.fields).at(-1) ?? '');
+    if (!expr || !refs.every((c) => has(t, c))) return void checks.push({ ...base, where: null, note: 'its columns are added by the migrations' });
     checks.push({ ...base, where: `(${expr}) IS FALSE` });
   }
 }

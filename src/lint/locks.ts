@@ -17,7 +17,8 @@
 //   - REINDEX (https://www.postgresql.org/docs/current/sql-reindex.html): locks out writes but not
 //     reads of the table (SHARE) and takes ACCESS EXCLUSIVE on the index being rebuilt.
 
-import { names, tableOf, type Ast, type ParsedStatement } from './parse.ts';
+import type { AlterTableCmd, AlterTableType, RangeVar } from '@pgsql/types';
+import { bodies, names, nodeBody, tableOf, type ParsedStatement } from './parse.ts';
 import { tableKey } from '../db/sql.ts';
 
 /** The table lock modes, weakest first (the order in the documentation's conflict table). */
@@ -36,13 +37,12 @@ export interface StatementLock {
   tables: string[];
 }
 
-const DML_KINDS = new Set(['UpdateStmt', 'DeleteStmt', 'InsertStmt', 'MergeStmt']);
-const SHARE_UPDATE_EXCLUSIVE_CMDS = new Set(['AT_ValidateConstraint', 'AT_SetStatistics', 'AT_ClusterOn', 'AT_DropCluster', 'AT_SetOptions', 'AT_ResetOptions']);
+const SHARE_UPDATE_EXCLUSIVE_CMDS: ReadonlySet<AlterTableType | undefined> = new Set<AlterTableType>(['AT_ValidateConstraint', 'AT_SetStatistics', 'AT_ClusterOn', 'AT_DropCluster', 'AT_SetOptions', 'AT_ResetOptions']);
 
 const strictest = (modes: LockMode[]): LockMode => modes.reduce((a, b) => (LOCK_MODES.indexOf(b) > LOCK_MODES.indexOf(a) ? b : a), 'ACCESS SHARE');
 
-function alterCmdLock(c: Ast): LockMode {
-  if (c.subtype === 'AT_AddConstraint' && c.def?.Constraint?.contype === 'CONSTR_FOREIGN') return 'SHARE ROW EXCLUSIVE';
+function alterCmdLock(c: AlterTableCmd): LockMode {
+  if (c.subtype === 'AT_AddConstraint' && nodeBody(c.def, 'Constraint')?.contype === 'CONSTR_FOREIGN') return 'SHARE ROW EXCLUSIVE';
   if (SHARE_UPDATE_EXCLUSIVE_CMDS.has(c.subtype)) return 'SHARE UPDATE EXCLUSIVE';
   if (String(c.subtype).startsWith('AT_EnableTrig') || String(c.subtype).startsWith('AT_DisableTrig')) return 'SHARE ROW EXCLUSIVE';
   return 'ACCESS EXCLUSIVE';
@@ -50,31 +50,35 @@ function alterCmdLock(c: Ast): LockMode {
 
 /** The table lock `s` takes, or null for statements that lock no existing table (CREATE TABLE, SET, ...). */
 export function statementLock(s: ParsedStatement): StatementLock | null {
-  const b = s.body;
-  const on = (rv: Ast): string[] => (rv?.relname ? [tableKey(tableOf(rv))] : []);
-  if (DML_KINDS.has(s.kind)) return { mode: 'ROW EXCLUSIVE', dml: true, tables: on(b.relation) };
+  const on = (rv: RangeVar | undefined): string[] => (rv?.relname ? [tableKey(tableOf(rv))] : []);
   switch (s.kind) {
+    case 'UpdateStmt':
+    case 'DeleteStmt':
+    case 'InsertStmt':
+    case 'MergeStmt':
+      return { mode: 'ROW EXCLUSIVE', dml: true, tables: on(s.body.relation) };
     case 'IndexStmt':
-      return { mode: b.concurrent ? 'SHARE UPDATE EXCLUSIVE' : 'SHARE', dml: false, tables: on(b.relation) };
+      return { mode: s.body.concurrent ? 'SHARE UPDATE EXCLUSIVE' : 'SHARE', dml: false, tables: on(s.body.relation) };
     case 'ReindexStmt': {
-      const concurrent = (b.params ?? []).some((p: Ast) => p.DefElem?.defname === 'concurrently');
-      return { mode: concurrent ? 'SHARE UPDATE EXCLUSIVE' : 'SHARE', dml: false, tables: on(b.relation) };
+      const concurrent = bodies(s.body.params, 'DefElem').some((p) => p.defname === 'concurrently');
+      return { mode: concurrent ? 'SHARE UPDATE EXCLUSIVE' : 'SHARE', dml: false, tables: on(s.body.relation) };
     }
     case 'DropStmt': {
+      const b = s.body;
       if (b.removeType !== 'OBJECT_INDEX' && b.removeType !== 'OBJECT_TABLE') return null;
       // An index names no table; DROP TABLE names its own.
-      const tables = b.removeType === 'OBJECT_INDEX' ? [] : (b.objects ?? []).map((o: Ast) => names(o.List?.items)).map((p: string[]) => tableKey({ schema: p.length > 1 ? p[0]! : 'public', name: p.at(-1) ?? '' }));
+      const tables = b.removeType === 'OBJECT_INDEX' ? [] : (b.objects ?? []).map((o) => names(nodeBody(o, 'List')?.items)).map((p) => tableKey({ schema: p.length > 1 ? p[0]! : 'public', name: p.at(-1) ?? '' }));
       return { mode: b.concurrent ? 'SHARE UPDATE EXCLUSIVE' : 'ACCESS EXCLUSIVE', dml: false, tables };
     }
     case 'AlterTableStmt': {
-      const cmds: Ast[] = (b.cmds ?? []).map((c: Ast) => c.AlterTableCmd);
-      const referenced = cmds.map((c) => c.def?.Constraint).filter((con) => con?.contype === 'CONSTR_FOREIGN').flatMap((con) => on(con.pktable));
-      return { mode: strictest(cmds.map(alterCmdLock)), dml: false, tables: [...new Set([...on(b.relation), ...referenced])] };
+      const cmds = bodies(s.body.cmds, 'AlterTableCmd');
+      const referenced = cmds.map((c) => nodeBody(c.def, 'Constraint')).filter((con) => con?.contype === 'CONSTR_FOREIGN').flatMap((con) => on(con?.pktable));
+      return { mode: strictest(cmds.map(alterCmdLock)), dml: false, tables: [...new Set([...on(s.body.relation), ...referenced])] };
     }
     case 'RenameStmt':
-      return { mode: 'ACCESS EXCLUSIVE', dml: false, tables: on(b.relation) };
+      return { mode: 'ACCESS EXCLUSIVE', dml: false, tables: on(s.body.relation) };
     case 'TruncateStmt':
-      return { mode: 'ACCESS EXCLUSIVE', dml: false, tables: (b.relations ?? []).flatMap((r: Ast) => on(r.RangeVar)) };
+      return { mode: 'ACCESS EXCLUSIVE', dml: false, tables: bodies(s.body.relations, 'RangeVar').flatMap(on) };
     default:
       return null;
   }

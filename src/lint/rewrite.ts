@@ -5,7 +5,8 @@
 
 import type { TableRef } from '../db/sql.ts';
 import { ident, qualified, tableKey } from '../db/sql.ts';
-import { alterCommands, names, relative, slice, tableOf, tokens, type Ast, type ParsedFile, type ParsedStatement } from './parse.ts';
+import type { AlterTableCmd, RangeVar } from '@pgsql/types';
+import { alterCommands, bodies, names, nodeBody, relative, slice, tableOf, tokens, type ParsedFile, type ParsedStatement } from './parse.ts';
 
 /** One unit of in-place work. */
 export type Unit =
@@ -54,10 +55,10 @@ export function notNullCheckName(table: string, column: string): string {
   return name.length <= 63 ? name : `${name.slice(0, 50)}_${Buffer.from(name).toString('hex').slice(-8)}_nn`;
 }
 
-function rewriteAlter(stmt: ParsedStatement): Rewrite | null {
-  const cmds: Ast[] = (stmt.body.cmds ?? []).map((c: Ast) => c.AlterTableCmd);
-  const rewritable = (c: Ast): boolean => {
-    const con = c.def?.Constraint;
+function rewriteAlter(stmt: ParsedStatement<'AlterTableStmt'>): Rewrite | null {
+  const cmds = bodies(stmt.body.cmds, 'AlterTableCmd');
+  const rewritable = (c: AlterTableCmd): boolean => {
+    const con = nodeBody(c.def, 'Constraint');
     if (c.subtype === 'AT_SetNotNull') return true;
     return c.subtype === 'AT_AddConstraint' && !!con?.conname && (con.contype === 'CONSTR_FOREIGN' || con.contype === 'CONSTR_CHECK') && !con.skip_validation;
   };
@@ -77,15 +78,18 @@ function rewriteAlter(stmt: ParsedStatement): Rewrite | null {
     if (!rewritable(c)) return void pending.push(text);
     flush();
     if (c.subtype === 'AT_SetNotNull') {
-      const check = notNullCheckName(table.name, c.name);
+      // SET NOT NULL always names its column; String() keeps the text as the template literals print it.
+      const column = String(c.name);
+      const check = notNullCheckName(table.name, column);
       units.push(
-        { mode: 'tx', label: `check ${c.name} IS NOT NULL without a scan`, sql: [`${split.prefix} ADD CONSTRAINT ${ident(check)} CHECK (${ident(c.name)} IS NOT NULL) NOT VALID`] },
+        { mode: 'tx', label: `check ${column} IS NOT NULL without a scan`, sql: [`${split.prefix} ADD CONSTRAINT ${ident(check)} CHECK (${ident(column)} IS NOT NULL) NOT VALID`] },
         { mode: 'tx', label: 'validate the check (no write lock)', sql: [`${split.prefix} VALIDATE CONSTRAINT ${ident(check)}`] },
-        { mode: 'tx', label: 'SET NOT NULL using the validated check, then drop it', sql: [`${split.prefix} ALTER COLUMN ${ident(c.name)} SET NOT NULL, DROP CONSTRAINT ${ident(check)}`] },
+        { mode: 'tx', label: 'SET NOT NULL using the validated check, then drop it', sql: [`${split.prefix} ALTER COLUMN ${ident(column)} SET NOT NULL, DROP CONSTRAINT ${ident(check)}`] },
       );
-      done.push(`SET NOT NULL on ${c.name} via CHECK NOT VALID, VALIDATE, SET NOT NULL`);
+      done.push(`SET NOT NULL on ${column} via CHECK NOT VALID, VALIDATE, SET NOT NULL`);
     } else {
-      const name = c.def.Constraint.conname as string;
+      // rewritable() let only a named constraint through.
+      const name = nodeBody(c.def, 'Constraint')?.conname ?? '';
       units.push(
         { mode: 'tx', label: 'add the constraint NOT VALID (brief lock)', sql: [`${split.prefix} ${text} NOT VALID`] },
         { mode: 'tx', label: 'validate it (no write lock)', sql: [`${split.prefix} VALIDATE CONSTRAINT ${ident(name)}`] },
@@ -97,11 +101,13 @@ function rewriteAlter(stmt: ParsedStatement): Rewrite | null {
   return { line: stmt.line, sentence: done.join('; '), units };
 }
 
-function rewriteUpdate(stmt: ParsedStatement): Rewrite | null {
+function rewriteUpdate(stmt: ParsedStatement<'UpdateStmt'>): Rewrite | null {
   const b = stmt.body;
-  if (b.whereClause || b.fromClause?.length || b.returningList?.length || b.withClause) return null;
+  // RETURNING would be cut into the batches' SET part; WHERE, FROM and WITH change which rows a batch is.
+  if (b.whereClause || b.fromClause?.length || b.withClause || b.returningClause) return null;
   const toks = tokens(stmt.bytes);
-  const relEnd = relative(stmt, b.relation.location);
+  // An absent location matches no token (NaN), as the arithmetic on it always did.
+  const relEnd = relative(stmt, b.relation?.location ?? Number.NaN);
   const set = toks.find((t) => t.start > relEnd && t.text.toUpperCase() === 'SET');
   if (!set) return null;
   const table = tableOf(b.relation);
@@ -112,10 +118,10 @@ function rewriteUpdate(stmt: ParsedStatement): Rewrite | null {
 
 /** The lock-safe replacement of one statement, or null when it runs as written. */
 export function rewriteStatement(stmt: ParsedStatement, created: Set<string>): Rewrite | null {
-  const b = stmt.body;
-  const onNew = (rv: Ast): boolean => !!rv && created.has(tableKey(tableOf(rv)));
+  const onNew = (rv: RangeVar | undefined): boolean => !!rv && created.has(tableKey(tableOf(rv)));
   switch (stmt.kind) {
     case 'IndexStmt': {
+      const b = stmt.body;
       if (b.concurrent || onNew(b.relation)) return null;
       const sql = addConcurrently(stmt, ['INDEX']);
       if (!sql) return null;
@@ -123,19 +129,20 @@ export function rewriteStatement(stmt: ParsedStatement, created: Set<string>): R
       return { line: stmt.line, sentence: `index ${b.idxname ?? '(unnamed)'} built CONCURRENTLY outside the transaction`, units: [{ mode: 'outside', label: 'concurrent index build', sql, table, ...(b.idxname ? { indexName: b.idxname } : {}) }] };
     }
     case 'DropStmt': {
+      const b = stmt.body;
       if (b.removeType !== 'OBJECT_INDEX' || b.concurrent || b.behavior === 'DROP_CASCADE' || (b.objects ?? []).length !== 1) return null;
       const sql = addConcurrently(stmt, ['INDEX']);
-      return sql ? { line: stmt.line, sentence: `index ${names(b.objects[0]?.List?.items).join('.')} dropped CONCURRENTLY outside the transaction`, units: [{ mode: 'outside', label: 'concurrent index drop', sql }] } : null;
+      return sql ? { line: stmt.line, sentence: `index ${names(nodeBody(b.objects?.[0], 'List')?.items).join('.')} dropped CONCURRENTLY outside the transaction`, units: [{ mode: 'outside', label: 'concurrent index drop', sql }] } : null;
     }
     case 'ReindexStmt': {
-      if ((b.params ?? []).some((p: Ast) => p.DefElem?.defname === 'concurrently')) return null;
+      if (bodies(stmt.body.params, 'DefElem').some((p) => p.defname === 'concurrently')) return null;
       const sql = addConcurrently(stmt, ['INDEX', 'TABLE', 'SCHEMA', 'DATABASE', 'SYSTEM']);
       return sql ? { line: stmt.line, sentence: 'REINDEX CONCURRENTLY outside the transaction', units: [{ mode: 'outside', label: 'concurrent reindex', sql }] } : null;
     }
     case 'AlterTableStmt':
-      return onNew(b.relation) || b.objtype !== 'OBJECT_TABLE' ? null : rewriteAlter(stmt);
+      return onNew(stmt.body.relation) || stmt.body.objtype !== 'OBJECT_TABLE' ? null : rewriteAlter(stmt);
     case 'UpdateStmt':
-      return onNew(b.relation) ? null : rewriteUpdate(stmt);
+      return onNew(stmt.body.relation) ? null : rewriteUpdate(stmt);
     default:
       return null;
   }

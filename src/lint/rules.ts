@@ -4,7 +4,8 @@
 // CONCURRENTLY outside a transaction or NOT VALID constraints are the safe forms, never flagged.
 
 import { tableKey } from '../db/sql.ts';
-import { findNodes, names, snippet, tableOf, type Ast, type ParsedFile, type ParsedStatement } from './parse.ts';
+import type { ColumnDef, RangeVar } from '@pgsql/types';
+import { bodies, findNodes, names, nodeBody, snippet, tableOf, type NodeTag, type ParsedFile, type ParsedStatement } from './parse.ts';
 import { queuedBehind, statementLock } from './locks.ts';
 import { rewriteStatement, tablesCreatedIn, unitSql } from './rewrite.ts';
 
@@ -56,71 +57,74 @@ export interface Finding {
 // Functions whose value is fixed for the statement (evaluated once: no table rewrite).
 const NON_VOLATILE = new Set(['now', 'transaction_timestamp', 'statement_timestamp', 'current_timestamp', 'lower', 'upper', 'coalesce', 'concat', 'to_jsonb', 'jsonb_build_object', 'json_build_object']);
 const SERIAL_TYPES = new Set(['serial', 'serial4', 'bigserial', 'serial8', 'smallserial', 'serial2']);
-const LOCKING_KINDS = new Set(['AlterTableStmt', 'IndexStmt', 'DropStmt', 'ReindexStmt', 'UpdateStmt', 'DeleteStmt', 'RenameStmt', 'TruncateStmt']);
+const LOCKING_KINDS = ['AlterTableStmt', 'IndexStmt', 'DropStmt', 'ReindexStmt', 'UpdateStmt', 'DeleteStmt', 'RenameStmt', 'TruncateStmt'] as const;
+const LOCKING: ReadonlySet<NodeTag> = new Set(LOCKING_KINDS);
+const isLocking = (s: ParsedStatement): s is ParsedStatement<(typeof LOCKING_KINDS)[number]> => LOCKING.has(s.kind);
 
-function isVolatileDefault(col: Ast): boolean {
+function isVolatileDefault(col: ColumnDef): boolean {
   if (SERIAL_TYPES.has(names(col.typeName?.names).at(-1) ?? '')) return true;
-  const def = (col.constraints ?? []).map((c: Ast) => c.Constraint).find((c: Ast) => c?.contype === 'CONSTR_DEFAULT' || c?.contype === 'CONSTR_GENERATED');
+  const def = (col.constraints ?? []).map((c) => nodeBody(c, 'Constraint')).find((c) => c?.contype === 'CONSTR_DEFAULT' || c?.contype === 'CONSTR_GENERATED');
   if (!def) return false;
   if (def.contype === 'CONSTR_GENERATED') return true;
-  return findNodes(def.raw_expr, 'FuncCall').some((f: Ast) => !NON_VOLATILE.has(names(f.funcname).at(-1) ?? ''));
+  return findNodes(def.raw_expr, 'FuncCall').some((f) => !NON_VOLATILE.has(names(f.funcname).at(-1) ?? ''));
 }
 
 function setsLockTimeout(s: ParsedStatement): boolean {
   if (s.kind === 'VariableSetStmt') return s.body.name === 'lock_timeout';
-  return findNodes(s.body, 'FuncCall').some((f: Ast) => names(f.funcname).at(-1) === 'set_config' && f.args?.[0]?.A_Const?.sval?.sval === 'lock_timeout');
+  return findNodes(s.body, 'FuncCall').some((f) => names(f.funcname).at(-1) === 'set_config' && nodeBody(f.args?.[0], 'A_Const')?.sval?.sval === 'lock_timeout');
 }
 
 function touchesExisting(s: ParsedStatement, created: Set<string>): boolean {
-  if (!LOCKING_KINDS.has(s.kind)) return false;
+  if (!isLocking(s)) return false;
   if (s.kind === 'DropStmt' && s.body.removeType !== 'OBJECT_INDEX' && s.body.removeType !== 'OBJECT_TABLE') return false;
-  const rv = s.body.relation;
+  const rv = 'relation' in s.body ? s.body.relation : undefined;
   return !rv || !created.has(tableKey(tableOf(rv)));
 }
 
 /** Findings for one statement (no lock_timeout check; that one is per file). */
 function statementFindings(s: ParsedStatement, created: Set<string>, createdIndexes: Set<string>): LintRuleId[] {
-  const b = s.body;
-  const onNew = !!b.relation && created.has(tableKey(tableOf(b.relation)));
+  const onNew = (rv: RangeVar | undefined): boolean => !!rv && created.has(tableKey(tableOf(rv)));
   const out: LintRuleId[] = [];
   switch (s.kind) {
     case 'IndexStmt':
-      if (b.concurrent && s.inTransaction) out.push('concurrently-in-transaction');
-      if (!b.concurrent && !onNew) out.push('create-index-not-concurrent');
+      if (s.body.concurrent && s.inTransaction) out.push('concurrently-in-transaction');
+      if (!s.body.concurrent && !onNew(s.body.relation)) out.push('create-index-not-concurrent');
       break;
     case 'DropStmt': {
+      const b = s.body;
       if (b.removeType !== 'OBJECT_INDEX') break;
-      const dropped = (b.objects ?? []).map((o: Ast) => names(o.List?.items).at(-1) ?? '');
+      const dropped = (b.objects ?? []).map((o) => names(nodeBody(o, 'List')?.items).at(-1) ?? '');
       if (b.concurrent && s.inTransaction) out.push('concurrently-in-transaction');
-      if (!b.concurrent && !dropped.every((n: string) => createdIndexes.has(n))) out.push('drop-index-not-concurrent');
+      if (!b.concurrent && !dropped.every((n) => createdIndexes.has(n))) out.push('drop-index-not-concurrent');
       if (b.behavior === 'DROP_CASCADE') out.push('drop-index-cascade');
       break;
     }
     case 'ReindexStmt': {
-      const concurrent = (b.params ?? []).some((p: Ast) => p.DefElem?.defname === 'concurrently');
+      const concurrent = bodies(s.body.params, 'DefElem').some((p) => p.defname === 'concurrently');
       if (!concurrent) out.push('reindex-not-concurrent');
       else if (s.inTransaction) out.push('concurrently-in-transaction');
       break;
     }
     case 'AlterTableStmt':
-      if (onNew || b.objtype !== 'OBJECT_TABLE') break;
-      for (const { AlterTableCmd: c } of b.cmds ?? []) {
-        const con = c.def?.Constraint;
+      if (onNew(s.body.relation) || s.body.objtype !== 'OBJECT_TABLE') break;
+      for (const c of bodies(s.body.cmds, 'AlterTableCmd')) {
+        const con = nodeBody(c.def, 'Constraint');
         if (c.subtype === 'AT_AddConstraint' && con) {
           if (con.contype === 'CONSTR_FOREIGN' && !con.skip_validation) out.push('fk-without-not-valid');
           if (con.contype === 'CONSTR_CHECK' && !con.skip_validation) out.push('check-without-not-valid');
           if ((con.contype === 'CONSTR_PRIMARY' || con.contype === 'CONSTR_UNIQUE') && !con.indexname) out.push('pk-unique-without-using-index');
         }
         if (c.subtype === 'AT_SetNotNull') out.push('set-not-null');
-        if (c.subtype === 'AT_AddColumn' && c.def?.ColumnDef && isVolatileDefault(c.def.ColumnDef)) out.push('add-column-volatile-default');
+        const col = nodeBody(c.def, 'ColumnDef');
+        if (c.subtype === 'AT_AddColumn' && col && isVolatileDefault(col)) out.push('add-column-volatile-default');
         if (c.subtype === 'AT_AlterColumnType') out.push('column-type-change');
       }
       break;
     case 'UpdateStmt':
-      if (!b.whereClause && !onNew) out.push('whole-table-update');
+      if (!s.body.whereClause && !onNew(s.body.relation)) out.push('whole-table-update');
       break;
     case 'DeleteStmt':
-      if (!b.whereClause && !onNew) out.push('whole-table-delete');
+      if (!s.body.whereClause && !onNew(s.body.relation)) out.push('whole-table-delete');
       break;
   }
   return out;
@@ -158,7 +162,7 @@ function timeoutWhy(s: ParsedStatement): string {
 export function lintFile(pf: ParsedFile, opts: LintFileOptions): Finding[] {
   const ignore = opts.ignore ?? [];
   const created = tablesCreatedIn(pf);
-  const createdIndexes = new Set(pf.statements.filter((s) => s.kind === 'IndexStmt' && s.body.idxname).map((s) => String(s.body.idxname)));
+  const createdIndexes = new Set(pf.statements.flatMap((s) => (s.kind === 'IndexStmt' && s.body.idxname ? [s.body.idxname] : [])));
   const found: { index: number; finding: Finding }[] = [];
   const add = (rule: LintRuleId, s: ParsedStatement, why: string = LINT_RULES[rule].why): void => {
     if (ignore.includes(rule)) return;

@@ -6,7 +6,8 @@
 // set on blue (src/preflight/evaluate.ts), it fails exactly where the migration would. libpg-query
 // has no deparser, so probes are cut from the statement's text at parser-given token positions.
 
-import { alterCommands, findNodes, tableOf, tokens, type Ast, type ParsedFile, type ParsedStatement, type Token } from '../lint/parse.ts';
+import type { Node, RangeVar } from '@pgsql/types';
+import { alterCommands, bodies, findNodes, nodeBody, tableOf, tokens, type ParsedFile, type ParsedStatement, type Token } from '../lint/parse.ts';
 import { ident, qualified, type TableRef } from '../db/sql.ts';
 
 /** One probe: a SELECT that evaluates a statement's expressions for the driving rows in `$1`. */
@@ -53,20 +54,21 @@ function depths(toks: Token[]): number[] {
 const textOf = (s: ParsedStatement, from: number, to: number): string => s.bytes.subarray(from, to).toString('utf8');
 
 /** The leftmost plain table of a FROM list (the one a LEFT JOIN chain is driven by). */
-function drivingRangeVar(from: Ast[] | undefined): Ast | null {
-  let node: Ast = from?.[0];
-  while (node?.JoinExpr) node = node.JoinExpr.larg;
-  return node?.RangeVar ?? null;
+function drivingRangeVar(from: Node[] | undefined): RangeVar | null {
+  let node = from?.[0];
+  for (let join = nodeBody(node, 'JoinExpr'); join; join = nodeBody(node, 'JoinExpr')) node = join.larg;
+  return nodeBody(node, 'RangeVar') ?? null;
 }
 
 /** The text between two offsets with each listed table reference replaced by its view (aliases kept). */
-function rewritten(s: ParsedStatement, toks: Token[], rvs: Ast[], driving: Ast | null, hidden: Hidden, from: number, to: number): string | null {
+function rewritten(s: ParsedStatement, toks: Token[], rvs: RangeVar[], driving: RangeVar | null, hidden: Hidden, from: number, to: number): string | null {
   const edits: { start: number; end: number; text: string }[] = [];
   for (const rv of rvs) {
     const t = tableOf(rv);
     const v = view(t, hidden, rv === driving);
     if (!v) continue;
-    const i = toks.findIndex((k) => k.start === rv.location - s.baseByte);
+    // An absent location matches no token (NaN), as the arithmetic on it always did.
+    const i = toks.findIndex((k) => k.start === (rv.location ?? Number.NaN) - s.baseByte);
     if (i < 0 || toks[i]!.start < from || toks[i]!.end > to) return null;
     let j = i;
     while (toks[j + 1]?.text === '.' && toks[j + 2]) j += 2;
@@ -88,8 +90,8 @@ function splitTopLevel(s: ParsedStatement, toks: Token[], d: number[], from: num
   return bounds.map((b, k) => textOf(s, b, cuts[k] ?? to).trim()).filter((x) => x !== '');
 }
 
-function insertSelect(s: ParsedStatement, hidden: Hidden): Probe | null {
-  const sel = s.body.selectStmt?.SelectStmt;
+function insertSelect(s: ParsedStatement<'InsertStmt'>, hidden: Hidden): Probe | null {
+  const sel = nodeBody(s.body.selectStmt, 'SelectStmt');
   if (!sel || sel.valuesLists || sel.op !== 'SETOP_NONE' || s.body.withClause || sel.withClause || !sel.fromClause) return null;
   const rv = drivingRangeVar(sel.fromClause);
   if (!rv) return null;
@@ -106,7 +108,7 @@ function insertSelect(s: ParsedStatement, hidden: Hidden): Probe | null {
   return { origin: '', file: '', line: s.line, kind: 'insert-select', table: tableOf(rv), sql: `SELECT ${targets} ${rest}`, expressions: splitTopLevel(s, toks, d, toks[k]!.end, toks[f]!.start, 0), from: rest };
 }
 
-function update(s: ParsedStatement, hidden: Hidden): Probe | null {
+function update(s: ParsedStatement<'UpdateStmt'>, hidden: Hidden): Probe | null {
   const b = s.body;
   if (b.withClause || findMulti(b.targetList)) return null;
   const toks = tokens(s.bytes);
@@ -124,25 +126,26 @@ function update(s: ParsedStatement, hidden: Hidden): Probe | null {
   if (rest === null) return null;
   if (/^from\b/i.test(rest)) rest = `, ${rest.slice(4)}`;
   const t = tableOf(b.relation);
-  const from = `FROM ${view(t, hidden, true)} AS ${ident(b.relation.alias?.aliasname ?? t.name)} ${rest}`;
+  const from = `FROM ${view(t, hidden, true)} AS ${ident(b.relation?.alias?.aliasname ?? t.name)} ${rest}`;
   return { origin: '', file: '', line: s.line, kind: 'update', table: t, sql: `SELECT ${exprs.map((e) => `(${e})`).join(', ')} ${from}`, expressions: exprs, from };
 }
 
-const findMulti = (list: Ast[] | undefined): boolean => JSON.stringify(list ?? []).includes('MultiAssignRef');
+const findMulti = (list: Node[] | undefined): boolean => JSON.stringify(list ?? []).includes('MultiAssignRef');
 
-function alterType(s: ParsedStatement, hidden: Hidden): Probe | null {
+function alterType(s: ParsedStatement<'AlterTableStmt'>, hidden: Hidden): Probe | null {
   const b = s.body;
   if (b.objtype !== 'OBJECT_TABLE') return null;
-  const all: Ast[] = (b.cmds ?? []).map((c: Ast) => c.AlterTableCmd);
-  if (!all.some((c) => c?.subtype === 'AT_AlterColumnType')) return null;
+  const all = bodies(b.cmds, 'AlterTableCmd');
+  if (!all.some((c) => c.subtype === 'AT_AlterColumnType')) return null;
   const split = alterCommands(s);
   if (!split) return null;
   const exprs: string[] = [];
   for (const [i, c] of all.entries()) {
-    if (c?.subtype !== 'AT_AlterColumnType') continue;
+    if (c.subtype !== 'AT_AlterColumnType') continue;
     const m = /\bTYPE\s+([\s\S]*?)(?:\s+USING\s+([\s\S]*))?$/i.exec(split.commands[i] ?? '');
     if (!m) return null;
-    exprs.push(`CAST((${m[2] ?? ident(c.name)}) AS ${m[1]})`);
+    // ALTER COLUMN TYPE always names its column.
+    exprs.push(`CAST((${m[2] ?? ident(String(c.name))}) AS ${m[1]})`);
   }
   const t = tableOf(b.relation);
   const from = `FROM ${view(t, hidden, true)} AS ${ident(t.name)}`;

@@ -7,6 +7,7 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { query } from '../db/connect.ts';
 import { readMarker } from '../db/green.ts';
+import { repairSql, repairUnit, runRepair } from '../engines/repair.ts';
 import { FindingsError, SourceError, StateError } from '../errors.ts';
 import { explainDataError } from '../preflight/data-error.ts';
 import { rowPreflight, type RowFinding } from '../preflight/evaluate.ts';
@@ -54,6 +55,14 @@ export const migrate = {
       side: 'green',
       facts: { ...f },
     }));
+    // The engine's fixes for values the migrations misread run last; whether their table exists is known only then.
+    const repairs = ctx.config.engine.repairs.map((r): Action => ({
+      id: repairUnit(r.name),
+      sentence: `after the migrations, repair ${r.table}.${r.column}: ${r.reason} (old values kept in bluegreen_quarantine._rewrites; skipped if the table or a column is missing)`,
+      side: 'green',
+      sql: repairSql(r),
+      facts: { table: r.table, column: r.column, requires: r.requires },
+    }));
     return [...refusals, ...pending.map((m): Action => {
       // Statements the row pre-flight could not evaluate (they read what earlier migrations create), per file.
       const blind = notEvaluable.filter((n) => m.file !== null && n.origin.startsWith(`${m.file}:`));
@@ -64,7 +73,7 @@ export const migrate = {
         sql: m.sql,
         facts: { file: m.file, ...(blind.length ? { notEvaluable: blind } : {}) },
       };
-    })];
+    }), ...repairs];
   },
   async run(ctx, actions) {
     const refused = actions.filter((a) => a.id.startsWith('preflight:')).map((a) => a.facts as unknown as RowFinding);
@@ -87,8 +96,14 @@ export const migrate = {
       }, done);
       applied.push(m.id);
     }
+    const repaired: Record<string, unknown> = {};
+    for (const r of ctx.config.engine.repairs) {
+      const { detail } = await unitOnce(ctx, 'migrate', repairUnit(r.name), async () => ({ ...(await runRepair(ctx.green, ctx.journal!.runId, r)) }), done);
+      repaired[r.name] = detail;
+      ctx.progress(`${repairUnit(r.name)}: ${'skipped' in detail ? `skipped (${String(detail.skipped)})` : `${String(detail.repaired)} ${r.table}.${r.column} value(s) repaired; old values in bluegreen_quarantine._rewrites`}`);
+    }
     const { rows } = await query<{ v: string }>(ctx.green, `SELECT current_setting('server_version') AS v`);
-    return { applied, greenServer: rows[0]?.v };
+    return { applied, ...(ctx.config.engine.repairs.length ? { repaired } : {}), greenServer: rows[0]?.v };
   },
   async inputs(ctx): Promise<StepInputs> {
     // Pending on blue (green started from its tracking table). A file green already ran cannot be

@@ -8,6 +8,7 @@
 // expected loss by rule.
 
 import { parse } from 'libpg-query';
+import { bodies, tableOf, unwrap } from '../lint/parse.ts';
 import { listTables, type TableInfo } from '../db/catalog.ts';
 import { query, type Db } from '../db/connect.ts';
 import { QUARANTINE_SCHEMA, quarantineTable, rewrittenColumns } from '../db/quarantine.ts';
@@ -65,18 +66,17 @@ export async function touchedColumns(migrations: readonly Migration[]): Promise<
   const touched = new Set<string>();
   for (const m of migrations) {
     if (!m.sql.trim()) continue;
-    const tree = (await parse(m.sql)) as unknown as { stmts: { stmt: Record<string, Record<string, unknown>> }[] };
-    for (const { stmt } of tree.stmts) {
-      const [type, body] = Object.entries(stmt)[0] ?? [];
-      if (!body) continue;
-      const rel = body.relation as { schemaname?: string; relname?: string } | undefined;
-      const table = `${rel?.schemaname ?? 'public'}.${rel?.relname ?? ''}`;
-      if (type === 'UpdateStmt') {
-        for (const t of (body.targetList as { ResTarget?: { name?: string } }[]) ?? []) if (t.ResTarget?.name) touched.add(`${table}.${t.ResTarget.name}`);
+    const tree = await parse(m.sql);
+    for (const { stmt } of tree.stmts ?? []) {
+      const entry = unwrap(stmt);
+      if (entry?.kind === 'UpdateStmt') {
+        const table = tableKey(tableOf(entry.body.relation));
+        for (const t of bodies(entry.body.targetList, 'ResTarget')) if (t.name) touched.add(`${table}.${t.name}`);
       }
-      if (type === 'AlterTableStmt') {
-        for (const c of (body.cmds as { AlterTableCmd?: { subtype?: string; name?: string } }[]) ?? []) {
-          if (c.AlterTableCmd?.name && c.AlterTableCmd.subtype !== 'AT_AddConstraint') touched.add(`${table}.${c.AlterTableCmd.name}`);
+      if (entry?.kind === 'AlterTableStmt') {
+        const table = tableKey(tableOf(entry.body.relation));
+        for (const c of bodies(entry.body.cmds, 'AlterTableCmd')) {
+          if (c.name && c.subtype !== 'AT_AddConstraint') touched.add(`${table}.${c.name}`);
         }
       }
     }

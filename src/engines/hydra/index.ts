@@ -8,6 +8,7 @@ import { HYDRA_INVARIANTS } from '../../validate/hydra-invariants.ts';
 import { HYDRA_V1_CAPTURE, HYDRA_V2_CAPTURE } from './capture.ts';
 import { HYDRA_ACCESS_CARRIERS, HYDRA_CLEANUP_RULES, HYDRA_REWRITES } from './cleanup.ts';
 import { HYDRA_CONVERSIONS, HYDRA_MIGRATION_CHANGES } from './conversions.ts';
+import { HYDRA_REPAIRS } from './repairs.ts';
 
 /** Hydra 1.11 -> 2.x. */
 export const HYDRA_V1_TO_V2: VersionPair = {
@@ -20,6 +21,8 @@ export const HYDRA_V1_TO_V2: VersionPair = {
   // Validation compares these through the conversion and lists the merge's own changes (never failed by themselves).
   conversions: HYDRA_CONVERSIONS,
   changes: HYDRA_MIGRATION_CHANGES,
+  // After the last migration: states the flow merge got wrong by reading 1.11's '{}' as an error.
+  repairs: HYDRA_REPAIRS,
   fixture: { blueSchema: 'sql/fixtures/hydra-v1/schema.sql', migrations: 'sql/fixtures/hydra-v2-migrations', seeder: 'src/fixture/seed.ts' },
 };
 
