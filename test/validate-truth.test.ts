@@ -197,7 +197,7 @@ describe('validation tells the truth', () => {
     });
   });
 
-  it('reports consents the merge drops (NULL login_challenge) and states it rewrites, and fails on the remembered one it drops', async () => {
+  it('quarantines consents the merge would drop (NULL login_challenge) with their tokens kept, lists the remembered one as an expected loss, and reports the states it rewrites', async () => {
     const pair = await createDbPair('truth_merge');
     pairs.push(pair);
     await seedBlue(pair, { rows: 1000, seed: 22, dirty: [] });
@@ -207,6 +207,11 @@ describe('validation tells the truth', () => {
          SELECT 'nologin-' || x, 'nologin-v-' || x, (SELECT id FROM hydra_client ORDER BY pk LIMIT 1), 'someone', 'https://x.test', false, 'openid', 'csrf' FROM unnest(ARRAY['remembered', 'pending']) x`,
       );
       await c.query(`INSERT INTO hydra_oauth2_consent_request_handled (challenge, granted_scope, remember, remember_for, error, was_used, requested_at) VALUES ('nologin-remembered', 'openid', true, 0, '{}', false, now() - interval '1 day')`);
+      // An active token of that consent: Hydra's merge keeps it (challenge_id NULL), so cleanup must too.
+      await c.query(
+        `INSERT INTO hydra_oauth2_access (signature, request_id, client_id, scope, granted_scope, form_data, session_data, subject, challenge_id)
+         SELECT 'nologin-token', 'nologin-req', client_id, 'openid', 'openid', '', '{}', 'someone', 'nologin-remembered' FROM hydra_oauth2_consent_request WHERE challenge = 'nologin-remembered'`,
+      );
       // A handled login whose error text is '{}' padded with a space: the state classifier reads it as no
       // error, the v2 merge as a rejection (128), and the engine's repair (exactly '{}' or '' only) leaves it.
       const { rows } = await c.query(
@@ -218,19 +223,28 @@ describe('validation tells the truth', () => {
       return { rewritten: rows[0].challenge as string };
     });
     const cfg = writeConfig(pair);
+    const plan = await runCli(['plan', '--config', cfg.file], cfg.env);
+    expect(plan.code, plan.stderr).toBe(0);
+    expect(plan.stdout).toContain('consent-without-login: 1 remembered consent(s)');
     const applied = await runCli(['apply', '--config', cfg.file, '--json'], cfg.env);
-    expect(applied.code, applied.stderr).toBe(5);
+    expect(applied.code, applied.stderr).toBe(0);
     const v: Report = JSON.parse(applied.stdout).validation;
-    const dropped = v.changes.find((c) => c.name === 'consents-dropped-by-merge')!;
-    expect(dropped.count).toBe(2);
-    expect(dropped.sample).toEqual(expect.arrayContaining([{ key: 'nologin-remembered', blue: 'login_challenge is NULL' }, { key: 'nologin-pending', blue: 'login_challenge is NULL' }]));
+    expect(v.changes.find((c) => c.name === 'consents-dropped-by-merge')?.count ?? 0).toBe(0);
     const states = v.changes.find((c) => c.name === 'flow-state-rewrites')!;
     expect(states.count).toBe(1);
     expect(states.sample[0]).toMatchObject({ key: `${rewritten}:`, green: '128' });
     expect(['2', '3']).toContain(states.sample[0]!.blue);
     const inv = v.invariants.find((i) => i.name === 'remembered-consents-stay-remembered')!;
-    expect(inv).toMatchObject({ passed: false, offending: 1, sample: ['nologin-remembered'] });
-    expect(v.failures).toHaveLength(1);
+    expect(inv).toMatchObject({ passed: true, offending: 0 });
+    expect(inv.expected).toEqual([expect.objectContaining({ rule: 'consent-without-login', count: 1, sample: ['nologin-remembered'] })]);
+    const green = await withClient(pair.greenDsn, async (c) => ({
+      quarantined: (await c.query(`SELECT row->>'challenge' AS k FROM bluegreen_quarantine.hydra_oauth2_consent_request WHERE rule = 'consent-without-login' ORDER BY 1`)).rows.map((r) => r.k),
+      token: (await c.query(`SELECT challenge_id, active FROM hydra_oauth2_access WHERE signature = 'nologin-token'`)).rows,
+      recorded: (await c.query(`SELECT row->>'challenge_id' AS old FROM bluegreen_quarantine._rewrites WHERE rule = 'consent-without-login'`)).rows.map((r) => r.old),
+    }));
+    expect(green.quarantined).toEqual(['nologin-pending', 'nologin-remembered']);
+    expect(green.token).toEqual([{ challenge_id: null, active: true }]);
+    expect(green.recorded).toEqual(['nologin-remembered']);
   });
 
   it('compares pipe lists element by element through the conversion and reports a \\n the migration turned into a newline', async () => {

@@ -58,33 +58,69 @@ export interface MoveStep {
   where: string;
   /** Why these rows move. */
   reason: string;
+  /**
+   * Tables (`schema.table`) whose rows referencing the moved ones stay, with the reference set to NULL
+   * (recorded, restorable) instead of moving with them: what the engine's own migration does to them.
+   */
+  detach?: readonly string[];
+}
+
+/** A reference to moved rows that is set to NULL instead of moving its row (MoveStep.detach). */
+export interface DetachedReference {
+  /** The foreign key whose child column is set to NULL. */
+  fk: ForeignKey;
+  /** The move whose rows it references. */
+  parent: MoveStep;
+}
+
+/** The moves of a rule, dependents first and the rule's own table last, and the references it detaches. */
+export function planMoves(root: MoveStep, fks: readonly ForeignKey[]): { moves: MoveStep[]; detached: DetachedReference[] } {
+  const moves: MoveStep[] = [];
+  const detached: DetachedReference[] = [];
+  const visit = (step: MoveStep, path: string[]): void => {
+    for (const fk of fks) {
+      if (tableKey(fk.parent) !== tableKey(step.table) || path.includes(tableKey(fk.child))) continue;
+      if (root.detach?.includes(tableKey(fk.child))) {
+        detached.push({ fk, parent: step });
+        continue;
+      }
+      visit({ table: fk.child, where: referencing(fk, step), reason: `depends on a quarantined ${tableKey(fk.parent)} row (foreign key ${fk.name})` }, [...path, tableKey(fk.child)]);
+    }
+    moves.push(step);
+  };
+  visit(root, [tableKey(root.table)]);
+  return { moves, detached };
+}
+
+/** Rows of `fk.child` (alias `t`) whose foreign key points at rows `step` takes. */
+function referencing(fk: ForeignKey, step: MoveStep): string {
+  const childCols = fk.childColumns.map((c) => `t.${ident(c)}`).join(', ');
+  const parentCols = fk.parentColumns.map((c) => `t.${ident(c)}`).join(', ');
+  return `(${childCols}) IN (SELECT ${parentCols} FROM ${qualified(step.table.schema, step.table.name)} t WHERE ${step.where})`;
 }
 
 /** Expands a rule into moves, dependents (by foreign key, recursively) first, the rule's own table last. */
 export function expandDependents(root: MoveStep, fks: readonly ForeignKey[]): MoveStep[] {
-  const out: MoveStep[] = [];
-  const visit = (step: MoveStep, path: string[]): void => {
-    for (const fk of fks) {
-      if (tableKey(fk.parent) !== tableKey(step.table) || path.includes(tableKey(fk.child))) continue;
-      const childCols = fk.childColumns.map((c) => `t.${ident(c)}`).join(', ');
-      const parentCols = fk.parentColumns.map((c) => `t.${ident(c)}`).join(', ');
-      const child: MoveStep = {
-        table: fk.child,
-        where: `(${childCols}) IN (SELECT ${parentCols} FROM ${qualified(step.table.schema, step.table.name)} t WHERE ${step.where})`,
-        reason: `depends on a quarantined ${tableKey(fk.parent)} row (foreign key ${fk.name})`,
-      };
-      visit(child, [...path, tableKey(fk.child)]);
-    }
-    out.push(step);
-  };
-  visit(root, [tableKey(root.table)]);
-  return out;
+  return planMoves(root, fks).moves;
 }
 
 /** Moves the rows of one rule (and their dependents) in one transaction; returns rows moved per table. */
 export async function quarantineRule(db: Db, runId: string, rule: string, root: MoveStep): Promise<Record<string, number>> {
-  const moves = expandDependents(root, await listForeignKeys(db));
+  const { moves, detached } = planMoves(root, await listForeignKeys(db));
   const moved: Record<string, number> = {};
+  // Detach first (its own transaction): a crash in between leaves references already NULL, and the
+  // rerun's detach finds nothing more while the move goes ahead.
+  if (detached.length) {
+    const keys = new Map((await listTables(db)).map((t) => [tableKey(t), t.primaryKey]));
+    for (const { fk, parent } of detached) {
+      const key = keys.get(tableKey(fk.child)) ?? [];
+      if (fk.childColumns.length !== 1 || !key.length) {
+        throw new StateError(`cannot detach ${tableKey(fk.child)} from rule ${rule}: only a one-column foreign key on a table with a primary key can be set to NULL and restored`, 'this is an engine declaration problem: report it');
+      }
+      const column = fk.childColumns[0]!;
+      await rewriteRule(db, runId, rule, { table: fk.child, where: referencing(fk, parent), reason: `references a row rule ${rule} quarantines; kept with ${column} set to NULL, as the engine's own migration leaves it`, key, columns: [{ column, where: referencing(fk, parent), set: 'NULL' }] });
+    }
+  }
   await query(db, 'BEGIN');
   try {
     for (const m of moves) {

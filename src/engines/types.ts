@@ -87,6 +87,8 @@ export interface EngineCleanupRule extends CleanupRule {
   tieBreak?: TieBreak;
   /** Set when the rule keeps its rows and rewrites values instead (its `where` is the OR of the columns'). */
   rewrite?: ValueRewrite;
+  /** Tables whose rows referencing the quarantined ones stay, the reference set to NULL (recorded) as the engine's migration leaves them. */
+  detach?: string[];
 }
 
 /**

@@ -137,7 +137,7 @@ export async function resolveRuleSet(ctx: StepContext, db: Db): Promise<{ rules:
     }
     const r = here.rule;
     const rewrite = r.rewrite ? { rewrite: { key: tables.get(r.table)!.primaryKey, columns: [...r.rewrite.columns], says: r.rewrite.says } } : {};
-    configured.push({ name: r.name, table: splitTable(r.table), where: r.where, reason: r.reason, ...(r.tieBreak ? { tieBreak: r.tieBreak } : {}), ...rewrite });
+    configured.push({ name: r.name, table: splitTable(r.table), where: r.where, reason: r.reason, ...(r.tieBreak ? { tieBreak: r.tieBreak } : {}), ...(r.detach ? { detach: r.detach } : {}), ...rewrite });
   }
   const rewrites = ctx.config.engine.rewrites;
   const nullable = await nullableColumns(db, rewrites);

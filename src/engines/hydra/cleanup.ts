@@ -9,6 +9,8 @@ import type { AccessCarrier, ColumnRewrite, EngineCleanupRule, NullRewrite, TieB
 import { CLIENT, CLIENT_LISTS, FLOW_LISTS } from './lists.ts';
 
 const CONSENT = { schema: 'public', name: 'hydra_oauth2_consent_request' };
+/** Every token table whose challenge_id points at a consent (v1: the handled row). */
+const TOKEN_TABLES = ['access', 'refresh', 'code', 'oidc', 'pkce'].map((t) => `public.hydra_oauth2_${t}`);
 const HANDLED = 'public.hydra_oauth2_consent_request_handled';
 const LOGIN = 'public.hydra_oauth2_authentication_request';
 const LOGIN_HANDLED = 'public.hydra_oauth2_authentication_request_handled';
@@ -72,6 +74,14 @@ const JSON_REASON = 'text that is not valid JSON; the 2.x flow merge casts it to
  */
 export const HYDRA_CLEANUP_RULES: readonly EngineCleanupRule[] = [
   {
+    name: 'consent-without-login',
+    table: 'public.hydra_oauth2_consent_request',
+    where: 't.login_challenge IS NULL',
+    reason:
+      "the consent's login request is gone (login_challenge NULL, e.g. flushed by the janitor); Hydra 2.x's flow merge starts from login requests and drops such a consent silently, so it is quarantined (restorable) instead; its tokens stay with challenge_id NULL, as the merge leaves them",
+    detach: TOKEN_TABLES,
+  },
+  {
     name: 'duplicate-consent',
     table: 'public.hydra_oauth2_consent_request',
     where: tieBreakWhere(CONSENT, CONSENT_TIE_BREAK),
@@ -106,8 +116,8 @@ const DANGLING =
   "Hydra's flow merge (2.x) sets a token's challenge_id to NULL when its consent has no flow row and keeps the token; cleanup does the same and records the old value";
 
 /** References Hydra's own 2.x migration sets to NULL when they point nowhere (issues 3346, 3417). */
-export const HYDRA_REWRITES: readonly NullRewrite[] = ['access', 'refresh', 'code', 'oidc', 'pkce'].map((t) => ({
-  table: `public.hydra_oauth2_${t}`,
+export const HYDRA_REWRITES: readonly NullRewrite[] = TOKEN_TABLES.map((table) => ({
+  table,
   column: 'challenge_id',
   reason: DANGLING,
 }));
