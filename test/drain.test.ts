@@ -117,7 +117,11 @@ describe('drain', () => {
       const again = await rereadBelowMark(String(before));
       const stats = await drain({ source: blue, sourceSide: 'blue', target: green, profile: 'hydra-v2', batchSize: 5 });
       expect(stats.batches).toBeGreaterThan(2);
-      expect(stats.outboxRead).toBe(captured + again);
+      // Each row once: a batch never re-reads its predecessor's rows (the bug read about twice `captured`).
+      // The previous run's tail (`again`) is re-read at most once; whether all of it is depends on the
+      // cluster-wide xmin other sessions (other test files) held when that run stored its mark.
+      expect(stats.outboxRead).toBeGreaterThanOrEqual(captured);
+      expect(stats.outboxRead).toBeLessThanOrEqual(captured + again);
       expect(stats.applied).toBe(captured);
       expect(await liveOnGreen(grants.map((g) => g.request_id))).toBe(0);
     } finally {

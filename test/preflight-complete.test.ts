@@ -119,3 +119,26 @@ describe('a data error the pre-flight cannot see', () => {
     expect(err.hint).toContain('ready to paste into cleanup.rules: {"name":"data-error-23503-access-partner-fk"');
   });
 });
+
+describe('pre-flight through a CASE', () => {
+  let pair: DbPair;
+  let quoted: number;
+  beforeAll(async () => {
+    pair = await createDbPair('prefl_case');
+    await seedBlue(pair, { rows: 200, seed: 12, dirty: [] });
+    quoted = await withClient(pair.blueDsn, async (c) => (await c.query(`UPDATE hydra_client SET redirect_uris = 'https://app.test/cb|https://app.test/"x"' WHERE pk = (SELECT max(pk) FROM hydra_client) RETURNING pk`)).rows[0].pk as number);
+  });
+  afterAll(async () => pair?.drop());
+
+  it('names a cast of a CASE expression (ALTER ... TYPE jsonb USING (CASE ... END)::jsonb) with the file and the row, without engine knowledge', async () => {
+    const cfg = writeConfig(pair, { profile: 'none' });
+    const r = await runCli(['plan', '--config', cfg.file, '--json'], cfg.env);
+    expect(r.code, r.stderr).toBe(0);
+    const plan = JSON.parse(r.stdout) as { steps: { step: string; actions: PlanAction[] }[] };
+    // Named by one of the two mechanisms: a rule derived from the DDL, or the row-by-row pre-flight.
+    const named = plan.steps.flatMap((s) => s.actions).filter((a) => `${a.id} ${a.sentence}`.includes('20211011000011000000'));
+    expect(named.map((a) => a.id), JSON.stringify(named)).not.toEqual([]);
+    const finding = named.find((a) => a.facts?.sample);
+    expect(finding?.facts).toEqual(expect.objectContaining({ table: 'public.hydra_client', rows: 1, sample: [{ pk: quoted }] }));
+  });
+});

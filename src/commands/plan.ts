@@ -4,7 +4,8 @@
 
 import { migrateInPlace } from '../inplace/steps.ts';
 import type { Action } from '../steps/step.ts';
-import { planAll, remainingUnits, resumeState, STEPS, type ResumeStatus } from '../runner.ts';
+import { planAll, STEPS } from '../runner.ts';
+import { remainingUnits, resumeState, type ResumeStatus } from '../state/resume.ts';
 import { safetyLines, safetyReport } from './plan-safety.ts';
 import { Journal, latestRun } from '../state/journal.ts';
 import { accessChangeLines, accessChangesOf } from '../engines/access.ts';
@@ -19,7 +20,7 @@ export async function planCommand(flags: CommonOptions & { inPlace?: boolean; re
     // The judgement apply --resume acts on (same function): steps it skips are not planned either.
     const resuming = ctx.options.resume && !flags.inPlace && last ? last : null;
     if (resuming) ctx.journal = new Journal(ctx.blue, resuming.run_id);
-    const states = new Map((resuming && ctx.journal ? await resumeState(ctx, ctx.journal) : []).map((r) => [r.step, r]));
+    const states = new Map((resuming && ctx.journal ? await resumeState(ctx, ctx.journal, STEPS) : []).map((r) => [r.step, r]));
     const skipped = new Set([...states.values()].filter((r) => r.status === 'done' || r.status === 'refused').map((r) => r.step));
     // In place, the pre-flight's failing rows are shown below instead of stopping the plan.
     const planned = await planAll(ctx, flags.inPlace ? [migrateInPlace] : STEPS, skipped);

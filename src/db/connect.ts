@@ -223,6 +223,35 @@ export function toPostgresError(err: unknown, origin: SqlOrigin = {}): OperatorE
   );
 }
 
+/** How {@link withTransaction} opens and ends. */
+export interface TransactionOptions {
+  /** What follows `BEGIN`, e.g. `READ ONLY` or `ISOLATION LEVEL SERIALIZABLE`. */
+  begin?: string;
+  /** `commit` (default) when `fn` resolves; `rollback` always (read-only evaluation that must leave no trace). */
+  end?: 'commit' | 'rollback';
+  /** Which side, for error messages. */
+  side?: Side;
+}
+
+/**
+ * Runs `fn` inside one transaction on `db`: commits when it resolves (or always rolls back with
+ * `end: 'rollback'`), rolls back when it throws. The one place migrate writes BEGIN and COMMIT.
+ */
+export async function withTransaction<T>(db: Db, fn: () => Promise<T>, opts: TransactionOptions = {}): Promise<T> {
+  const origin = opts.side ? { side: opts.side } : {};
+  await query(db, opts.begin ? `BEGIN ${opts.begin}` : 'BEGIN', [], origin);
+  let result: T;
+  try {
+    result = await fn();
+  } catch (err) {
+    await db.query('ROLLBACK').catch(() => {});
+    throw err;
+  }
+  if (opts.end === 'rollback') await query(db, 'ROLLBACK', [], origin);
+  else await query(db, 'COMMIT', [], origin);
+  return result;
+}
+
 /** Runs one query and converts a failure into an operator-facing error. */
 export async function query<R extends pg.QueryResultRow = pg.QueryResultRow>(db: Db, sql: string, params: unknown[] = [], origin: SqlOrigin = {}): Promise<pg.QueryResult<R>> {
   try {

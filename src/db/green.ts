@@ -6,7 +6,7 @@
 // baseline), and `--restart` drops only what is not in it.
 
 import { StateError } from '../errors.ts';
-import { query, type Db } from './connect.ts';
+import { query, withTransaction, type Db } from './connect.ts';
 import { ident } from './sql.ts';
 
 /** Schemas the tool owns on green; never compared, never part of the copy. */
@@ -143,8 +143,7 @@ export async function wipeGreen(green: Db): Promise<void> {
   if (!baseline) {
     throw new StateError('green carries a marker of migrate but no record of what it held before the copy, so a wipe could drop objects migrate did not create', NEW_DATABASE_HINT);
   }
-  await query(green, 'BEGIN');
-  try {
+  await withTransaction(green, async () => {
     // Extensions first (their members go with them), then whole schemas, then what is left in the
     // baseline's own schemas; CASCADE and IF EXISTS because earlier drops take dependents along.
     const ours = OWN_SCHEMAS.filter((s) => s !== 'bluegreen').map((name) => ({ kind: 'schema', name }));
@@ -153,11 +152,7 @@ export async function wipeGreen(green: Db): Promise<void> {
     for (const o of [...ours, ...found].sort((a, b) => order(a) - order(b))) await query(green, dropStatement(o), [], { side: 'green' });
     const left = beyond(await inventory(green), baseline);
     if (left.length) throw new StateError(`green still holds ${describeObjects(left)} after the wipe; nothing was dropped`, NEW_DATABASE_HINT, { left });
-    await query(green, 'COMMIT');
-  } catch (err) {
-    await green.query('ROLLBACK').catch(() => {});
-    throw err;
-  }
+  });
 }
 
 /**
@@ -166,8 +161,7 @@ export async function wipeGreen(green: Db): Promise<void> {
  * passed since validate), and records what it holds as the baseline `--restart` keeps.
  */
 export async function writeMarker(green: Db, runId: string, snapshotId: string | null): Promise<void> {
-  await query(green, 'BEGIN');
-  try {
+  await withTransaction(green, async () => {
     if (!(await markerExists(green))) {
       const found = await inventory(green);
       assertFresh(found);
@@ -182,11 +176,7 @@ export async function writeMarker(green: Db, runId: string, snapshotId: string |
       await query(green, 'INSERT INTO bluegreen_green.baseline (kind, name) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING', [found.map((o) => o.kind), found.map((o) => o.name)], { side: 'green' });
     }
     await query(green, `INSERT INTO bluegreen_green.copy (run_id, snapshot_id) VALUES ($1, $2) ON CONFLICT (run_id) DO UPDATE SET snapshot_id = EXCLUDED.snapshot_id`, [runId, snapshotId], { side: 'green' });
-    await query(green, 'COMMIT');
-  } catch (err) {
-    await green.query('ROLLBACK').catch(() => {});
-    throw err;
-  }
+  });
 }
 
 /** Marks green's copy as fully loaded. */

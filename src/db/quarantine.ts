@@ -8,7 +8,7 @@
 
 import fs from 'node:fs';
 import { listForeignKeys, listTables, type ForeignKey } from './catalog.ts';
-import { query, type Db } from './connect.ts';
+import { query, withTransaction, type Db } from './connect.ts';
 import { ident, literal, qualified, tableKey, type TableRef } from './sql.ts';
 import { StateError } from '../errors.ts';
 
@@ -39,15 +39,12 @@ export async function installQuarantine(db: Db): Promise<void> {
  * mid-transaction is allowed. Nothing may evaluate rule SQL on blue outside this.
  */
 export async function withEphemeralHelpers<T>(db: Db, fn: () => Promise<T>): Promise<T> {
-  await query(db, 'BEGIN');
-  try {
+  return withTransaction(db, async () => {
     const { rows } = await query<{ ok: boolean }>(db, `SELECT to_regnamespace('${QUARANTINE_SCHEMA}') IS NOT NULL AS ok`);
     if (!rows[0]?.ok) await query(db, SETUP_SQL);
     await query(db, 'SET LOCAL transaction_read_only = on');
-    return await fn();
-  } finally {
-    await db.query('ROLLBACK').catch(() => {});
-  }
+    return fn();
+  }, { end: 'rollback' });
 }
 
 /** One table's share of a rule: the rows matching `where` (alias t) move to quarantine. */
@@ -121,8 +118,7 @@ export async function quarantineRule(db: Db, runId: string, rule: string, root: 
       await rewriteRule(db, runId, rule, { table: fk.child, where: referencing(fk, parent), reason: `references a row rule ${rule} quarantines; kept with ${column} set to NULL, as the engine's own migration leaves it`, key, columns: [{ column, where: referencing(fk, parent), set: 'NULL' }] });
     }
   }
-  await query(db, 'BEGIN');
-  try {
+  await withTransaction(db, async () => {
     for (const m of moves) {
       const qt = quarantineTable(m.table);
       await query(db, `CREATE TABLE IF NOT EXISTS ${qualified(QUARANTINE_SCHEMA, qt)} (LIKE ${qualified(QUARANTINE_SCHEMA, '_template')} INCLUDING ALL)`);
@@ -132,11 +128,7 @@ export async function quarantineRule(db: Db, runId: string, rule: string, root: 
       const res = await query(db, sql, [runId, rule, m.reason, tableKey(m.table)], { sql });
       moved[tableKey(m.table)] = (moved[tableKey(m.table)] ?? 0) + (res.rowCount ?? 0);
     }
-    await query(db, 'COMMIT');
-  } catch (err) {
-    await db.query('ROLLBACK').catch(() => {});
-    throw err;
-  }
+  });
   return moved;
 }
 
@@ -156,8 +148,7 @@ export interface RewriteStep extends MoveStep {
 export async function rewriteRule(db: Db, runId: string, rule: string, step: RewriteStep): Promise<number> {
   const table = qualified(step.table.schema, step.table.name);
   let total = 0;
-  await query(db, 'BEGIN');
-  try {
+  await withTransaction(db, async () => {
     for (const c of step.columns) {
       const partial = `jsonb_build_object(${[...step.key, c.column].map((k) => `${literal(k)}, t.${ident(k)}`).join(', ')})`;
       const sql = `WITH old AS (SELECT t.ctid AS c, ${partial} AS row FROM ${table} t WHERE ${c.where}),
@@ -167,11 +158,7 @@ export async function rewriteRule(db: Db, runId: string, rule: string, step: Rew
       const res = await query(db, sql, [runId, rule, step.reason, tableKey(step.table), c.column, step.key], { sql });
       total += res.rowCount ?? 0;
     }
-    await query(db, 'COMMIT');
-  } catch (err) {
-    await db.query('ROLLBACK').catch(() => {});
-    throw err;
-  }
+  });
   return total;
 }
 
@@ -298,8 +285,7 @@ export async function restoreQuarantine(db: Db, rule?: string): Promise<Record<s
   // A rule moves dependents first, so the table whose rows moved last is the parent: restore it first.
   groups.sort((a, b) => b.firstId - a.firstId);
   const restored: Record<string, number> = {};
-  await query(db, 'BEGIN');
-  try {
+  await withTransaction(db, async () => {
     // Orphans (rows whose parent never existed) can only go back as they were with the foreign-key
     // triggers off for this transaction; that needs superuser. Without it, they fail with 23503 and
     // everything else still restores with `--rule`.
@@ -331,10 +317,6 @@ export async function restoreQuarantine(db: Db, rule?: string): Promise<Record<s
     }
     // Values last: a rewritten row may itself have been moved by a later rule and is back only now.
     for (const [column, n] of Object.entries(await restoreRewrites(db, rule))) restored[`${column} (rewritten value)`] = n;
-    await query(db, 'COMMIT');
-  } catch (err) {
-    await db.query('ROLLBACK').catch(() => {});
-    throw err;
-  }
+  });
   return restored;
 }

@@ -4,7 +4,7 @@
 
 import fs from 'node:fs';
 import type { CaptureTable } from '../config/schema.ts';
-import { query, type Db } from '../db/connect.ts';
+import { query, withTransaction, type Db } from '../db/connect.ts';
 import { HYDRA_V2_CAPTURE } from '../engines/hydra/capture.ts';
 import { captureDdl } from '../steps/capture.ts';
 
@@ -17,16 +17,11 @@ const CAPTURE_SQL = new URL('../../sql/state/capture.sql', import.meta.url);
  * src/engines/hydra) serves the demo and tests that stand on the Hydra fixture.
  */
 export async function installGreenCapture(green: Db, tables: readonly CaptureTable[] = HYDRA_V2_CAPTURE): Promise<number> {
-  await query(green, 'BEGIN');
-  try {
+  await withTransaction(green, async () => {
     await query(green, fs.readFileSync(STATE_SQL, 'utf8'));
     await query(green, fs.readFileSync(CAPTURE_SQL, 'utf8'));
     await query(green, 'INSERT INTO bluegreen.capture DEFAULT VALUES ON CONFLICT (capture_id) DO NOTHING');
     for (const t of tables) for (const ddl of captureDdl(t)) await query(green, ddl, [], { side: 'green', sql: ddl });
-    await query(green, 'COMMIT');
-  } catch (err) {
-    await green.query('ROLLBACK').catch(() => {});
-    throw err;
-  }
+  });
   return tables.length;
 }

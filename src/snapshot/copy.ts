@@ -7,7 +7,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import copyStreams from 'pg-copy-streams';
 import type { TableInfo } from '../db/catalog.ts';
-import { noteOrigin, query, toPostgresError, type Db } from '../db/connect.ts';
+import { noteOrigin, query, toPostgresError, withTransaction, type Db } from '../db/connect.ts';
 import { ident, literal, qualified } from '../db/sql.ts';
 
 /** A primary-key range: `lo <= pk < hi`, either end open when null. */
@@ -99,29 +99,17 @@ async function stream(blue: Db, green: Db, table: TableInfo, where: string, free
 
 /** Copies a whole table: TRUNCATE + COPY FREEZE in one green transaction, so a redo is harmless. */
 export async function copyWhole(blue: Db, green: Db, table: TableInfo, onBytes: (n: number) => void): Promise<Moved> {
-  await query(green, 'BEGIN', [], { side: 'green' });
-  try {
+  return withTransaction(green, async () => {
     await query(green, `TRUNCATE ONLY ${qualified(table.schema, table.name)}`, [], { side: 'green' });
-    const moved = await stream(blue, green, table, 'TRUE', true, onBytes);
-    await query(green, 'COMMIT', [], { side: 'green' });
-    return moved;
-  } catch (err) {
-    await green.query('ROLLBACK').catch(() => {});
-    throw toPostgresError(err, { side: 'green' });
-  }
+    return stream(blue, green, table, 'TRUE', true, onBytes);
+  }, { side: 'green' }).catch((err: unknown) => Promise.reject(toPostgresError(err, { side: 'green' })));
 }
 
 /** Copies one PK range; `redo` (an earlier attempt may have committed) deletes the range on green first. */
 export async function copyRange(blue: Db, green: Db, table: TableInfo, range: KeyRange | null, redo: boolean, onBytes: (n: number) => void): Promise<Moved> {
   const where = rangePredicate(table, range);
-  await query(green, 'BEGIN', [], { side: 'green' });
-  try {
+  return withTransaction(green, async () => {
     if (redo) await query(green, `DELETE FROM ONLY ${qualified(table.schema, table.name)} WHERE ${where}`, [], { side: 'green' });
-    const moved = await stream(blue, green, table, where, false, onBytes);
-    await query(green, 'COMMIT', [], { side: 'green' });
-    return moved;
-  } catch (err) {
-    await green.query('ROLLBACK').catch(() => {});
-    throw toPostgresError(err, { side: 'green' });
-  }
+    return stream(blue, green, table, where, false, onBytes);
+  }, { side: 'green' }).catch((err: unknown) => Promise.reject(toPostgresError(err, { side: 'green' })));
 }

@@ -4,7 +4,7 @@
 
 import fs from 'node:fs';
 import type { CaptureTable } from '../config/schema.ts';
-import { query, type Db } from '../db/connect.ts';
+import { query, withTransaction, type Db } from '../db/connect.ts';
 import { ident, literal } from '../db/sql.ts';
 import { ConfigError, StateError, type ConfigIssue } from '../errors.ts';
 import { unitOnce, type Action, type Step } from './step.ts';
@@ -78,15 +78,10 @@ export const capture = {
     const done = await ctx.journal!.done('capture');
     for (const action of actions) {
       await unitOnce(ctx, 'capture', action.id, async () => {
-        await query(ctx.blue, 'BEGIN');
-        try {
+        await withTransaction(ctx.blue, async () => {
           await query(ctx.blue, action.sql!, [], { side: 'blue', sql: action.sql! });
           if (action.id === 'outbox') await query(ctx.blue, 'INSERT INTO bluegreen.capture DEFAULT VALUES ON CONFLICT (capture_id) DO NOTHING');
-          await query(ctx.blue, 'COMMIT');
-        } catch (err) {
-          await ctx.blue.query('ROLLBACK').catch(() => {});
-          throw err;
-        }
+        });
         return {};
       }, done);
     }

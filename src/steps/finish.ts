@@ -3,7 +3,7 @@
 // schemas on blue and green, and any replication objects of ours. The quarantine on green holds rows
 // of real data, so it is kept and reported: nothing lost, ever. This is capture's rollback, too.
 
-import { query, type Db } from '../db/connect.ts';
+import { query, withTransaction, type Db } from '../db/connect.ts';
 import { ident } from '../db/sql.ts';
 import type { Side } from '../errors.ts';
 import { CAPTURE_TRIGGERS } from './capture.ts';
@@ -33,14 +33,9 @@ export async function finishActions(db: Db, side: Side): Promise<Action[]> {
 /** Runs the actions of one side in one transaction: all of them or none. */
 export async function runFinishActions(db: Db, side: Side, actions: readonly Action[]): Promise<void> {
   if (!actions.length) return;
-  await query(db, 'BEGIN', [], { side });
-  try {
+  await withTransaction(db, async () => {
     for (const a of actions) await query(db, a.sql!, [], { side, sql: a.sql! });
-    await query(db, 'COMMIT', [], { side });
-  } catch (err) {
-    await db.query('ROLLBACK').catch(() => {});
-    throw err;
-  }
+  }, { side });
 }
 
 /** Rows held in green's quarantine (kept by finish), by table; empty when there is none. */

@@ -6,7 +6,7 @@
 // crash resumes where it stopped. Units and their order: src/snapshot/units.ts.
 
 import { listSequences, listTables, tableEstimates, type TableInfo } from '../db/catalog.ts';
-import { connect, query, type Db } from '../db/connect.ts';
+import { connect, query, withTransaction, type Db } from '../db/connect.ts';
 import { dumpSection, splitDump, type DumpStatement } from '../db/dump.ts';
 import { assertGreenUsable, markLoaded, readMarker, userTableCount, wipeGreen, writeMarker } from '../db/green.ts';
 import { runGraph } from '../db/parallel.ts';
@@ -50,12 +50,12 @@ async function loadPreData(ctx: StepContext, runId: string, snapshotId: string |
   const script = await dumpSection(ctx.config.blueDsn, 'pre-data', { snapshot: snapshotId!, excludeSchemas: ctx.config.raw.snapshot.excludeSchemas });
   const loader = await connect('green', ctx.config.greenDsn, 'migrate-pre-data');
   try {
-    await query(loader, 'BEGIN', [], { side: 'green' });
-    await query(loader, script, [], { side: 'green', sql: script });
-    // Autovacuum would race our ANALYZE and index builds for the same locks (each wait costs a
-    // deadlock_timeout before it yields); each table's analyze unit turns it back on.
-    for (const t of await listTables(loader)) await query(loader, `ALTER TABLE ONLY ${qualified(t.schema, t.name)} SET (autovacuum_enabled = false)`, [], { side: 'green' });
-    await query(loader, 'COMMIT');
+    await withTransaction(loader, async () => {
+      await query(loader, script, [], { side: 'green', sql: script });
+      // Autovacuum would race our ANALYZE and index builds for the same locks (each wait costs a
+      // deadlock_timeout before it yields); each table's analyze unit turns it back on.
+      for (const t of await listTables(loader)) await query(loader, `ALTER TABLE ONLY ${qualified(t.schema, t.name)} SET (autovacuum_enabled = false)`, [], { side: 'green' });
+    }, { side: 'green' });
   } finally {
     await loader.end().catch(() => {});
   }

@@ -10,7 +10,7 @@
 import { parse } from 'libpg-query';
 import { bodies, tableOf, unwrap } from '../lint/parse.ts';
 import { listTables, type TableInfo } from '../db/catalog.ts';
-import { query, type Db } from '../db/connect.ts';
+import { query, withTransaction, type Db } from '../db/connect.ts';
 import { QUARANTINE_SCHEMA, quarantineTable, rewrittenColumns } from '../db/quarantine.ts';
 import { ident, literal, qualified, tableKey } from '../db/sql.ts';
 import { FindingsError } from '../errors.ts';
@@ -126,13 +126,10 @@ export async function compareTable(green: Db, b: TableInfo, g: TableInfo, touche
 
 /** Green's control session reads jsonb timestamps in UTC, as the copy's workers did. */
 async function inUtc<T>(green: Db, fn: () => Promise<T>): Promise<T> {
-  await query(green, 'BEGIN READ ONLY');
-  try {
+  return withTransaction(green, async () => {
     await query(green, "SET LOCAL TimeZone TO 'UTC'");
-    return await fn();
-  } finally {
-    await green.query('ROLLBACK').catch(() => {});
-  }
+    return fn();
+  }, { begin: 'READ ONLY', end: 'rollback' });
 }
 
 /**

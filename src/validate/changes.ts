@@ -6,7 +6,7 @@
 
 import { isDeepStrictEqual } from 'node:util';
 import type { ResolvedConfig } from '../config/load.ts';
-import { query, toPostgresError, type Db } from '../db/connect.ts';
+import { query, toPostgresError, withTransaction, type Db } from '../db/connect.ts';
 import { QUARANTINE_SCHEMA, quarantineTable } from '../db/quarantine.ts';
 import { ident, qualified } from '../db/sql.ts';
 import type { Conversion, ConversionKind, MigrationChange } from '../engines/types.ts';
@@ -69,15 +69,10 @@ export function changesOf(config: ResolvedConfig): { conversions: readonly Conve
 
 /** (key, value) rows of a query; it only reads, so it runs READ ONLY on either side. */
 async function readRows(db: Db, sql: string, params: unknown[]): Promise<[string, unknown][]> {
-  await query(db, 'BEGIN READ ONLY');
-  try {
-    const res = await db.query<unknown[]>({ text: sql, values: params, rowMode: 'array' });
-    return res.rows.map((r) => [String(r[0]), r[1]]);
-  } catch (err) {
-    throw toPostgresError(err, { sql });
-  } finally {
-    await db.query('ROLLBACK').catch(() => {});
-  }
+  return withTransaction(db, async () => {
+    const res = await db.query<unknown[]>({ text: sql, values: params, rowMode: 'array' }).catch((err: unknown) => Promise.reject(toPostgresError(err, { sql })));
+    return res.rows.map((r): [string, unknown] => [String(r[0]), r[1]]);
+  }, { begin: 'READ ONLY', end: 'rollback' });
 }
 
 async function columnType(db: Db, table: string, column: string): Promise<string | null> {

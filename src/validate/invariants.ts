@@ -8,7 +8,7 @@
 import type pg from 'pg';
 import type { ResolvedConfig } from '../config/load.ts';
 import type { InvariantSpec } from '../cutover/schema.ts';
-import { query, toPostgresError, type Db } from '../db/connect.ts';
+import { query, toPostgresError, withTransaction, type Db } from '../db/connect.ts';
 import { QUARANTINE_SCHEMA, quarantineTable } from '../db/quarantine.ts';
 import { ident, qualified } from '../db/sql.ts';
 import { snapshotOfGreen } from './as-of-snapshot.ts';
@@ -97,13 +97,8 @@ async function keys(db: Db, sql: string, params: unknown[]): Promise<string[]> {
  * Invariant SQL comes from the config (checked as one SELECT at load); it only reads, so it runs in
  * a READ ONLY transaction on either side and whatever a function in it tries to write is refused.
  */
-async function readOnly<T>(db: Db, fn: () => Promise<T>): Promise<T> {
-  await query(db, 'BEGIN READ ONLY');
-  try {
-    return await fn();
-  } finally {
-    await db.query('ROLLBACK').catch(() => {});
-  }
+function readOnly<T>(db: Db, fn: () => Promise<T>): Promise<T> {
+  return withTransaction(db, fn, { begin: 'READ ONLY', end: 'rollback' });
 }
 
 /** Quarantined keys of the invariant's tables, each with the rule that moved its row. */
