@@ -89,6 +89,16 @@ describe('exit codes by cause', () => {
     await expectUnchanged();
   });
 
+  it('doctor lists every check once with a config, pg_dump against the machine and against blue apart', async () => {
+    const cfg = writeConfig(pair);
+    const r = await runCli(['doctor', '--config', cfg.file, '--json'], cfg.env);
+    expect(r.code, r.stdout).toBe(0);
+    const ids = (JSON.parse(r.stdout) as { checks: { id: string }[] }).checks.map((c) => c.id);
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(ids).toEqual(expect.arrayContaining(['pg_dump', 'pg_dump (blue major)', 'green-target', 'cleanup-rules']));
+    await expectUnchanged();
+  });
+
   it('doctor exits 7 when green is unreachable and 6 when blue is', async () => {
     const cfg = writeConfig(pair);
     const green = await runCli(['doctor', '--config', cfg.file], { ...cfg.env, TEST_GREEN_DSN: 'postgres://app:Hidden-77@127.0.0.1:1/green' });

@@ -57,7 +57,9 @@ export async function doctorCommand(flags: { config?: string; json?: boolean }):
     try {
       await withContext({ config: flags.config }, async (ctx) => {
         checks.push({ id: 'connect', ok: true, detail: 'blue and green reachable' });
-        checks.push(...(await runChecks(ctx)));
+        // Preflight checks pg_dump against blue's major too; the machine check above already listed it.
+        const listed = new Set(checks.map((c) => c.id));
+        checks.push(...(await runChecks(ctx)).map((c) => (listed.has(c.id) ? { ...c, id: `${c.id} (blue ${c.id === 'pg_dump' ? 'major' : 'server'})` } : c)));
         checks.push(await cleanupRulesCheck(ctx));
         checks.push(...(await checkQueueConsumer(ctx.config)));
       });
