@@ -9,6 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signRevocation } from '../src/queue-consumer/message.ts';
 import { startEdge, type LocalEdge } from '../src/queue-consumer/local.ts';
+import { resolveEngine } from '../src/engines/index.ts';
 import { installGreenCapture } from '../src/replay/capture-green.ts';
 import { driveTraffic, interleave, type DriveOptions, type TrafficCursor, type TrafficOp } from '../src/demo/traffic.ts';
 import { rawTokenFor, startStandin, type Standin } from '../src/standin/server.ts';
@@ -112,7 +113,7 @@ describe('chaos', () => {
 
     greenStandin = await startStandin({ dsn: pair.greenDsn, profile: 'hydra-v2', connections: 4 });
     await edge!.setUpstream(greenStandin.url); // what cutover does
-    await withClient(pair.greenDsn, (c) => installGreenCapture(c));
+    await withClient(pair.greenDsn, (c) => installGreenCapture(c, resolveEngine('hydra', 'hydra-v2').capture.green));
     await edge!.resumeConsumer();
     const drained = await runCli(['drain', '--config', cfg.file, '--json'], cfg.env);
     expect(drained.code, `${drained.stdout.slice(-2000)}\n${drained.stderr.slice(-2000)}`).toBe(0);

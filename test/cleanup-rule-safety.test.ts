@@ -3,7 +3,7 @@
 // is written, and whatever is evaluated on blue runs in a READ ONLY transaction (issue K, defect 1).
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HYDRA_CLEANUP_RULES } from '../src/config/profiles.ts';
+import { HYDRA_CLEANUP_RULES } from '../src/engines/hydra/cleanup.ts';
 import { checkSqlFragment } from '../src/config/sql-fragment.ts';
 import { withEphemeralHelpers } from '../src/db/quarantine.ts';
 import { HYDRA_INVARIANTS } from '../src/validate/hydra-invariants.ts';

@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { connect } from '../src/db/connect.ts';
-import { profileDefaults } from '../src/config/profiles.ts';
+import { resolveEngine } from '../src/engines/index.ts';
 import { signRevocation } from '../src/queue-consumer/message.ts';
 import { LocalQueue } from '../src/queue/local.ts';
 import { serveLocalQueueApi } from '../src/queue/local-http.ts';
@@ -40,7 +40,7 @@ beforeAll(async () => {
   pair = await createDbPair('drain');
   await seedBlue(pair, { rows: 600, seed: 3, dirty: [] });
   blue = await connect('blue', pair.blueDsn);
-  await installGreenCapture(blue, profileDefaults('hydra').captureTables); // the capture step's triggers, v1 tables
+  await installGreenCapture(blue, resolveEngine('hydra', 'hydra-v2').capture.blue); // the capture step's triggers, v1 tables
   green = await connect('green', pair.greenDsn);
   await seedUpgradedToV2(green, { rows: 600, seed: 3, dirty: [] }); // the snapshot (same data), migrated
 }, 60_000);

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HYDRA_CLEANUP_RULES } from '../src/config/profiles.ts';
+import { HYDRA_CLEANUP_RULES } from '../src/engines/hydra/cleanup.ts';
 import { startCluster, type LocalCluster } from '../src/db/embedded.ts';
 import { ident } from '../src/db/sql.ts';
 import { HYDRA_REPAIRS } from '../src/engines/hydra/repairs.ts';

@@ -5,18 +5,13 @@
 import fs from 'node:fs';
 import type { CaptureTable } from '../config/schema.ts';
 import { query, withTransaction, type Db } from '../db/connect.ts';
-import { HYDRA_V2_CAPTURE } from '../engines/hydra/capture.ts';
 import { captureDdl } from '../steps/capture.ts';
 
 const STATE_SQL = new URL('../../sql/state/bluegreen.sql', import.meta.url);
 const CAPTURE_SQL = new URL('../../sql/state/capture.sql', import.meta.url);
 
-/**
- * Installs the outbox and capture triggers on green (idempotent, one transaction); returns the tables
- * captured. Cutover passes its engine's green tables; the default (Hydra v2's, declared in
- * src/engines/hydra) serves the demo and tests that stand on the Hydra fixture.
- */
-export async function installGreenCapture(green: Db, tables: readonly CaptureTable[] = HYDRA_V2_CAPTURE): Promise<number> {
+/** Installs the outbox and capture triggers on green (idempotent, one transaction) for the engine's green tables; returns how many. */
+export async function installGreenCapture(green: Db, tables: readonly CaptureTable[]): Promise<number> {
   await withTransaction(green, async () => {
     await query(green, fs.readFileSync(STATE_SQL, 'utf8'));
     await query(green, fs.readFileSync(CAPTURE_SQL, 'utf8'));
