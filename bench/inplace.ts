@@ -5,7 +5,7 @@
 
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { startCluster } from '../src/db/embedded.ts';
+import { startCluster } from '../support/embedded.ts';
 import type { ProgressSink } from '../src/runner.ts';
 import { loadWorkload, migrateInPlace, migrateRaw, startWriters, type WriterReport } from './workload.ts';
 

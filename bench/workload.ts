@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { applyInPlaceCommand } from '../src/commands/apply-in-place.ts';
+import { applyCommand } from '../src/commands/apply.ts';
 import type { ProgressSink } from '../src/runner.ts';
 import type { ResumeMode } from '../src/state/journal.ts';
 import { postgresMigrationsSource } from '../src/sources/postgres-migrations.ts';
@@ -134,7 +134,8 @@ export async function migrateInPlace(
     migrations: { kind: 'postgres-migrations', dir: opts.dir ?? INPLACE_MIGRATIONS },
     inPlace: { lockTimeoutMs: opts.lockTimeoutMs, retries: 50, backfillBatchRows: opts.batchRows },
   }));
-  const out = await applyInPlaceCommand({ config: file, json: true, sink: opts.sink ?? quiet, rewrite: opts.rewrite !== false }, opts.mode ?? 'fresh');
+  const mode = opts.mode ?? 'fresh';
+  const out = await applyCommand({ config: file, json: true, inPlace: true, sink: opts.sink ?? quiet, rewrite: opts.rewrite !== false, resume: mode === 'resume', restart: mode === 'restart' });
   fs.rmSync(dir, { recursive: true, force: true });
   return out.json;
 }

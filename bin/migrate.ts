@@ -114,6 +114,7 @@ program
   .option('--queries <file>', "the application's queries, checked for SELECT * on tables the migrations change")
   .option('--allow-no-migrations', 'accept a migrations folder with nothing pending (a pure copy); without it that is exit 6')
   .option('--lint-details', 'list every lock finding on green (by default one line counts them: green serves no traffic while it migrates)')
+  .addOption(new Option('--through <phase>', 'apply: the steps `migrate apply` runs; cutover: also the steps `migrate cutover` runs after it (lever, cutover, drain, recheck, watch, restore-ttl)').choices(['apply', 'cutover']).default('apply'))
   .action((o) => run(o.json, () => planCommand(o)));
 
 program

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { startCluster, type LocalCluster } from '../src/db/embedded.ts';
+import { startCluster, type LocalCluster } from '../support/embedded.ts';
 import { popSource } from '../src/sources/pop.ts';
 import { REAL_DIRTY_CLASSES, seedClean, seedDirty, type RealDirtyClass } from './hydra-real-seed.ts';
 

@@ -1,5 +1,5 @@
 // Seeds a database that holds Ory Hydra v1.11's REAL schema (built from its own migrations folder by
-// scripts/check-hydra.ts), not our fixture schema: src/fixture/seed.ts targets sql/fixtures/hydra-v1,
+// scripts/check-hydra.ts), not our fixture schema: support/fixture/seed.ts targets sql/fixtures/hydra-v1,
 // which is modelled on Hydra but differs (no code/oidc/pkce tables, no amr, no logout requests).
 // Every statement is our own SQL against the column names Hydra v1.11 has. Dev-only: never imported
 // by bin/migrate.ts.

@@ -7,7 +7,7 @@ import type { ResolvedConfig } from './config/load.ts';
 import { connect, locateFailure, type Db } from './db/connect.ts';
 import { describeDsn } from './db/redact.ts';
 import { asOperatorError, OperatorError, StateError, withContinuation } from './errors.ts';
-import { createSource } from './sources/index.ts';
+import { sourceOf } from './sources/index.ts';
 import { acquireRunLock, installState, Journal, latestRun, openRun, type ResumeMode } from './state/journal.ts';
 import { capture } from './steps/capture.ts';
 import { cleanup } from './steps/cleanup.ts';
@@ -17,6 +17,7 @@ import { snapshot } from './steps/snapshot.ts';
 import type { Action, RunOptions, Step, StepContext, StepName } from './steps/step.ts';
 import { resumeState, stampsOf } from './state/resume.ts';
 import { validate } from './steps/validate.ts';
+import { executeStep, type ActionOutcome } from './run-step.ts';
 
 /** Every step, in the order apply runs them. */
 export const STEPS: readonly Step[] = [preflight, capture, snapshot, cleanup, migrate, validate];
@@ -31,8 +32,21 @@ export interface StepResult {
   ms: number;
   /** Figures the step reported. */
   detail?: Record<string, unknown>;
-  /** Actions executed (the plan). */
-  actions?: Action[];
+  /** Actions executed (the plan), each with how it went. */
+  actions?: ReportedAction[];
+}
+
+/** A planned action as reports and `--json` show it: what it runs, and how this attempt went. */
+export type ReportedAction = Omit<Action, 'execute' | 'after' | 'priority'> & Partial<Pick<ActionOutcome, 'status' | 'ms'>>;
+
+/** An action without its code: what `plan --json` prints and what a report lists. */
+export function describeAction(a: Action): ReportedAction {
+  return { id: a.id, sentence: a.sentence, side: a.side, ...(a.sql !== undefined ? { sql: a.sql } : {}), ...(a.facts ? { facts: a.facts } : {}) };
+}
+
+function reported(planned: readonly Action[], outcomes: readonly ActionOutcome[]): ReportedAction[] {
+  const by = new Map(outcomes.map((o) => [o.id, o]));
+  return planned.map((a) => ({ ...describeAction(a), ...(by.get(a.id) ? { status: by.get(a.id)!.status, ms: by.get(a.id)!.ms } : {}) }));
 }
 
 /** Receives progress; the CLI renders it with listr2 on a TTY or as plain lines. */
@@ -59,8 +73,7 @@ export async function openSession(config: ResolvedConfig, options: RunOptions): 
     await blue.end().catch(() => {});
     throw err;
   }
-  const sourceConfig = config.raw.migrations.kind === 'command' ? config.raw.migrations : { ...config.raw.migrations, dir: config.migrationsDir ?? config.raw.migrations.dir };
-  const source = createSource(sourceConfig, { greenDsn: config.greenDsn });
+  const source = sourceOf(config);
   const ctx: StepContext = { config, blue, green, journal: null, source, options, progress: () => {} };
   return {
     ctx,
@@ -77,10 +90,10 @@ export function configDigest(config: ResolvedConfig): string {
 }
 
 /** Every step's plan, computed read-only; steps in `finished` (done in the run being resumed) are not planned, as apply would not plan them. */
-export async function planAll(ctx: StepContext, steps: readonly Step[] = STEPS, finished: ReadonlySet<StepName> = new Set()): Promise<{ step: StepName; purpose: string; actions: Action[] }[]> {
+export async function planAll(ctx: StepContext, steps: readonly Step[] = STEPS, finished: ReadonlySet<StepName> = new Set()): Promise<{ step: StepName; purpose: string; actions: ReportedAction[] }[]> {
   for (const s of steps) await s.validate(ctx);
   const out = [];
-  for (const s of steps) out.push({ step: s.name, purpose: s.purpose, actions: finished.has(s.name) ? [] : await s.plan(ctx) });
+  for (const s of steps) out.push({ step: s.name, purpose: s.purpose, actions: finished.has(s.name) ? [] : (await s.plan(ctx)).map(describeAction) });
   return out;
 }
 
@@ -116,6 +129,31 @@ export async function apply(ctx: StepContext, mode: ResumeMode, sink: ProgressSi
   const journal = new Journal(ctx.blue, run.run_id);
   ctx.journal = journal;
   for (const p of resumePlan) if (p.status === 'reopened') await journal.reopen(p.step, p.reopenedUnits);
+  const continuation = `migrate apply${opts.rehearsal ? ' --dry-run' : ''} --resume --config ${ctx.config.file}`;
+  const { results, error } = await runSteps(ctx, steps, sink, { continuation, only: (step) => resumePlan.find((p) => p.step === step)?.runUnits });
+  // With blue gone the run cannot be marked failed; the error that stopped it is the one to report.
+  await journal.updateRun({ status: error ? 'failed' : 'done' }).catch((err: unknown) => {
+    if (!error) throw err;
+  });
+  return { runId: run.run_id, resumed, results, error };
+}
+
+/** Options of {@link runSteps}. */
+export interface RunStepsOptions {
+  /** The command that continues after a failure (added to the error's hint). */
+  continuation: string;
+  /** The only action ids to run of a step (a resume re-opening some units); undefined: all. */
+  only?: (step: StepName) => readonly string[] | undefined;
+}
+
+/**
+ * Runs `steps` in order on the journal in `ctx`: a step the journal calls done is skipped, the
+ * others are planned, executed action by action (src/run-step.ts), verified and journalled. The
+ * first failure stops the run; later steps are reported as not-run. Used by apply and by cutover.
+ */
+export async function runSteps(ctx: StepContext, steps: readonly Step[], sink: ProgressSink, opts: RunStepsOptions): Promise<{ results: StepResult[]; error: OperatorError | null }> {
+  const journal = ctx.journal;
+  if (!journal) throw new Error('runSteps needs a journal');
   const results: StepResult[] = [];
   let error: OperatorError | null = null;
   for (const s of steps) {
@@ -136,16 +174,16 @@ export async function apply(ctx: StepContext, mode: ResumeMode, sink: ProgressSi
         // Taken before the work, so they describe what it ran with; journalled per unit and with the step.
         const stamps = s.inputs ? stampsOf(await s.inputs(ctx)) : null;
         ctx.inputStamps = stamps ? new Map([[s.name, stamps]]) : undefined;
-        const only = resumePlan.find((p) => p.step === s.name)?.runUnits;
+        const only = opts.only?.(s.name);
         const planned = (await s.plan(ctx)).filter((a) => !only || only.includes(a.id));
-        const out = await s.run(ctx, planned);
+        const { detail: out, outcomes } = await executeStep(ctx, s, planned);
         await s.verify(ctx);
         await journal.finish(s.name, '', stamps ? { ...out, inputUnits: Object.fromEntries(stamps) } : out);
-        return { detail: out, actions: planned };
+        return { detail: out, actions: reported(planned, outcomes) };
       });
       results.push({ name: s.name, status: 'done', ms: Date.now() - started, detail, actions });
     } catch (err) {
-      error = withContinuation(asOperatorError(locateFailure(err, s.name, ctx.config.file)), `migrate apply${opts.rehearsal ? ' --dry-run' : ''} --resume --config ${ctx.config.file}`);
+      error = withContinuation(asOperatorError(locateFailure(err, s.name, ctx.config.file)), opts.continuation);
       await journal.fail(s.name, '', error.message).catch(() => {});
       results.push({ name: s.name, status: 'failed', ms: Date.now() - started, detail: error.toJSON() });
     } finally {
@@ -153,9 +191,5 @@ export async function apply(ctx: StepContext, mode: ResumeMode, sink: ProgressSi
       ctx.inputStamps = undefined;
     }
   }
-  // With blue gone the run cannot be marked failed; the error that stopped it is the one to report.
-  await journal.updateRun({ status: error ? 'failed' : 'done' }).catch((err: unknown) => {
-    if (!error) throw err;
-  });
-  return { runId: run.run_id, resumed, results, error };
+  return { results, error };
 }

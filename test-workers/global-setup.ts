@@ -3,8 +3,8 @@
 
 import pg from 'pg';
 import type { TestProject } from 'vitest/node';
-import { startCluster, type LocalCluster } from '../src/db/embedded.ts';
-import { loadHydraV1Schema, seedHydraV1 } from '../src/fixture/seed.ts';
+import { startCluster, type LocalCluster } from '../support/embedded.ts';
+import { loadHydraV1Schema, seedHydraV1 } from '../support/fixture/seed.ts';
 
 let cluster: LocalCluster | undefined;
 

@@ -1,13 +1,14 @@
 // End to end through the real CLI: a dirty Hydra-v1 blue becomes a clean v2 green.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DIRTY_CLASSES, type SeedResult } from '../src/fixture/seed.ts';
+import { comparePlanWithJournal } from '../support/plan-check.ts';
+import { DIRTY_CLASSES, type SeedResult } from '../support/fixture/seed.ts';
 import { createDbPair, runCli, seedBlue, withClient, writeConfig, type DbPair } from './harness.ts';
 
 describe('migrate apply on the dirty Hydra fixture', () => {
   let pair: DbPair;
   let seeded: SeedResult;
   let cfg: ReturnType<typeof writeConfig>;
-  let planJson: { steps: { step: string; actions: { id: string; facts?: { rows?: number } }[] }[] };
+  let planJson: { steps: { step: string; actions: { id: string; sql?: string; facts?: { rows?: number } }[] }[] };
   let applyJson: Record<string, unknown> & { steps: { name: string; status: string }[]; quarantine: { rows: number; byReason: Record<string, number> }; validation: { passed: boolean } };
 
   beforeAll(async () => {
@@ -30,6 +31,19 @@ describe('migrate apply on the dirty Hydra fixture', () => {
     expect(ids).toMatch(/rule:fk-orphans:\S*client/);
     // A token whose challenge points nowhere is kept with challenge_id NULL, as Hydra's migration does.
     expect(ids).toMatch(/rule:null-dangling:\S*challenge/);
+  });
+
+  it('ran exactly the plan: every action plan --json printed is a journal unit with the same SQL, and nothing else ran', async () => {
+    const rows = await withClient(pair.blueDsn, async (c) => (await c.query(`SELECT step, unit, status, detail FROM bluegreen.journal WHERE run_id = $1`, [applyJson.runId])).rows);
+    const check = comparePlanWithJournal(planJson.steps, rows);
+    expect(check.differences).toEqual([]);
+    // Actions of every step, and SQL in the capture, snapshot, cleanup and migrate steps.
+    expect(check.actions).toBeGreaterThan(50);
+    expect(check.sqlMatched).toBeGreaterThan(20);
+    for (const step of ['capture', 'snapshot', 'cleanup', 'migrate']) {
+      const withSql = planJson.steps.find((s) => s.step === step)!.actions.filter((a) => a.sql);
+      expect(withSql.length, step).toBeGreaterThan(0);
+    }
   });
 
   it('ends with every step done, rows quarantined and validation passed', () => {

@@ -8,11 +8,11 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signRevocation } from '../src/queue-consumer/message.ts';
-import { startEdge, type LocalEdge } from '../src/queue-consumer/local.ts';
+import { startEdge, type LocalEdge } from '../support/edge.ts';
 import { resolveEngine } from '../src/engines/index.ts';
 import { installGreenCapture } from '../src/replay/capture-green.ts';
-import { driveTraffic, interleave, type DriveOptions, type TrafficCursor, type TrafficOp } from '../src/demo/traffic.ts';
-import { rawTokenFor, startStandin, type Standin } from '../src/standin/server.ts';
+import { driveTraffic, interleave, type DriveOptions, type TrafficCursor, type TrafficOp } from '../support/demo/traffic.ts';
+import { rawTokenFor, startStandin, type Standin } from '../support/standin/server.ts';
 import { createDbPair, runCli, seedBlue, withClient, writeConfig, type DbPair } from './harness.ts';
 
 const HMAC = 'chaos-hmac-key';

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/load.ts';
 import { HYDRA_CLEANUP_RULES } from '../src/engines/hydra/cleanup.ts';
 import { resolveEngine } from '../src/engines/index.ts';
-import { HYDRA_V1_SCHEMA_FILE, DIRTY_CLASSES, type SeedResult } from '../src/fixture/seed.ts';
+import { HYDRA_V1_SCHEMA_FILE, DIRTY_CLASSES, type SeedResult } from '../support/fixture/seed.ts';
 import { withContext } from '../src/commands/session.ts';
 import { resolveRuleSet } from '../src/steps/cleanup.ts';
 import { createDbPair, fingerprint, runCli, seedBlue, V2_MIGRATIONS, withClient, writeConfig, type DbPair } from './harness.ts';
@@ -28,7 +28,7 @@ interface PlanAction {
   facts?: { rows?: number; sample?: Record<string, string>[]; choices?: { kept: string; quarantined: string; decidedBy: string }[]; accessChanges?: AccessChangeJson[] };
 }
 
-const PER_CLASS = 4; // duplicate pairs k = 1..4 cover the four tie-breaks (src/fixture/seed.ts)
+const PER_CLASS = 4; // duplicate pairs k = 1..4 cover the four tie-breaks (support/fixture/seed.ts)
 
 describe('cleanup keeps what grants access', () => {
   let pair: DbPair;

@@ -21,10 +21,22 @@ describe('a production install', () => {
     expect(outside).toEqual([]);
   });
 
-  it('keeps demo, fixture, stand-in and local-cluster code out of the start-up graph', () => {
+  it('keeps demo, fixture, stand-in and test support (support/, test/) out of the start-up graph', () => {
     const graph = importGraph(ROOT, 'bin/migrate.ts');
-    const devOnly = graph.files.filter((f) => /^src\/(demo|fixture|standin)\/|^src\/db\/embedded\.ts$|^src\/queue-consumer\/local\.ts$|^src\/commands\/demo\.ts$|^test\//.test(f));
+    expect(graph.files.some((f) => f.startsWith('src/runner.ts'))).toBe(true);
+    const devOnly = graph.files.filter((f) => /^(support|test)\//.test(f));
     expect(devOnly).toEqual([]);
+  });
+
+  it('has no product file under src/ that statically imports support/ or test/, and no command importing a command', () => {
+    const edges = importEdges(ROOT, 'src');
+    const intoSupport = [...edges].flatMap(([from, tos]) => tos.filter((to) => /^(support|test)\//.test(to)).map((to) => `${from} -> ${to}`));
+    expect(intoSupport).toEqual([]);
+    // Command modules export a `...Command`; result.ts, session.ts, plan-safety.ts and the demo launcher are their shared helpers.
+    const isCommand = (f: string): boolean => /^src\/commands\//.test(f) && /export async function \w+Command\(/.test(fs.readFileSync(path.join(ROOT, f), 'utf8'));
+    const commandToCommand = [...edges].flatMap(([from, tos]) => (isCommand(from) ? tos.filter(isCommand).map((to) => `${from} -> ${to}`) : []));
+    expect(commandToCommand).toEqual([]);
+    expect([...edges.keys()].filter(isCommand).length).toBeGreaterThan(10);
   });
 
   it('has no import cycle under src/', () => {

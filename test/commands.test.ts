@@ -54,7 +54,11 @@ describe('status, validate and quarantine list around a run', () => {
     expect(applied.code, applied.stderr).toBe(0);
     const status = JSON.parse((await runCli(['status', '--config', cfg.file, '--json'], cfg.env)).stdout);
     expect(status.run.status).toBe('done');
-    expect(status.steps.map((s: { step: string }) => s.step)).toEqual(['preflight', 'capture', 'snapshot', 'cleanup', 'migrate', 'validate']);
+    // The whole lifecycle in run order: apply's steps done, cutover's not started yet.
+    expect(status.steps.map((s: { step: string; status: string }) => `${s.step}:${s.status}`)).toEqual([
+      ...['preflight', 'capture', 'snapshot', 'cleanup', 'migrate', 'validate'].map((n) => `${n}:done`),
+      ...['lever', 'cutover', 'drain', 'recheck', 'watch', 'restore-ttl'].map((n) => `${n}:not started`),
+    ]);
 
     const validate = await runCli(['validate', '--config', cfg.file], cfg.env);
     expect(validate.code).toBe(0);

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startCluster, type LocalCluster } from '../src/db/embedded.ts';
+import { startCluster, type LocalCluster } from '../support/embedded.ts';
 import { createDbPair, kill9, ROOT, runCli, seedBlue, startCliUntil, tableChecksums, V2_MIGRATIONS, withClient, writeConfig, type CliResult, type DbPair } from './harness.ts';
 
 const SEED = { rows: 300, seed: 5, dirty: [] };

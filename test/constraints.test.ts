@@ -1,7 +1,7 @@
 // The constraint pre-flight on the dirty Hydra fixture: derived from the v2 migrations' DDL plus the
 // configured rules, shown by `plan` per row class, and refusing an in-place run (exit 5, blue untouched).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DIRTY_CLASSES } from '../src/fixture/seed.ts';
+import { DIRTY_CLASSES } from '../support/fixture/seed.ts';
 import { createDbPair, fingerprint, runCli, seedBlue, writeConfig, type DbPair } from './harness.ts';
 
 interface Safety {

@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DIRTY_CLASSES } from '../src/fixture/seed.ts';
+import { DIRTY_CLASSES } from '../support/fixture/seed.ts';
 import { createDbPair, kill9, runCli, seedBlue, startCliUntil, tableChecksums, V2_MIGRATIONS, withClient, writeConfig, type DbPair } from './harness.ts';
 
 const SEED = { rows: 4000, seed: 11, dirty: DIRTY_CLASSES };

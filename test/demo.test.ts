@@ -13,6 +13,8 @@ interface DemoDoc {
   servingSide?: string;
   lever?: { raised: boolean; restored: boolean } | null;
   metrics?: { green: { rowsInserted: number; commits: number }; steps: { name: string; ms: number }[] };
+  steps: { name: string; status: string; ms: number }[];
+  planCheck?: { actions: number; sqlMatched: number; differences: { unit: string; problem: string }[] };
 }
 
 async function demo(args: string[]): Promise<{ code: number | null; doc: DemoDoc; stderr: string }> {
@@ -35,6 +37,13 @@ describe('migrate demo', () => {
     expect(doc.lever).toMatchObject({ raised: true, restored: true });
     expect(doc.metrics!.green.rowsInserted).toBeGreaterThan(0);
     expect(doc.metrics!.steps.map((s) => s.name)).toContain('cutover');
+    // Every step that ran, apply's and cutover's, each with its status and time.
+    expect(doc.steps.map((s) => `${s.name}:${s.status}`)).toEqual(['preflight', 'capture', 'snapshot', 'cleanup', 'migrate', 'validate', 'lever', 'cutover', 'drain', 'recheck', 'watch', 'restore-ttl'].map((n) => `${n}:done`));
+    for (const s of doc.steps) expect(typeof s.ms, s.name).toBe('number');
+    // `plan --through cutover`, taken before apply, is what apply and cutover journalled: same actions, same SQL.
+    expect(doc.planCheck!.differences).toEqual([]);
+    expect(doc.planCheck!.actions).toBeGreaterThan(50);
+    expect(doc.planCheck!.sqlMatched).toBeGreaterThan(20);
     expect(stderr).toContain('removing temp files');
   });
 

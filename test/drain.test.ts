@@ -9,10 +9,10 @@ import type pg from 'pg';
 import { connect } from '../src/db/connect.ts';
 import { resolveEngine } from '../src/engines/index.ts';
 import { signRevocation } from '../src/queue-consumer/message.ts';
-import { LocalQueue } from '../src/queue/local.ts';
-import { serveLocalQueueApi } from '../src/queue/local-http.ts';
+import { LocalQueue } from '../support/queues/local-queue.ts';
+import { serveLocalQueueApi } from '../support/queues/fake-api.ts';
 import { installGreenCapture } from '../src/replay/capture-green.ts';
-import { drain } from '../src/steps/drain.ts';
+import { drain } from '../src/replay/drain.ts';
 import { createDbPair, fingerprint, runCli, seedBlue, seedUpgradedToV2, writeConfig, type DbPair } from './harness.ts';
 
 const KEY = 'drain-test-hmac-key';

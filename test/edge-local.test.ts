@@ -1,4 +1,4 @@
-// The local edge (src/queue-consumer/local.ts) from Node: router, queue, consumer and DLQ sink in
+// The local edge (support/edge.ts) from Node: router, queue, consumer and DLQ sink in
 // one Miniflare, Hyperdrive to a real green. Revocations sent through the router while the consumer
 // is paused are applied to green after it resumes; forged and malformed messages land in the DLQ
 // and change nothing; the router follows an upstream flip.
@@ -6,9 +6,9 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadHydraV1Schema, seedHydraV1 } from '../src/fixture/seed.ts';
+import { loadHydraV1Schema, seedHydraV1 } from '../support/fixture/seed.ts';
 import { signRevocation } from '../src/queue-consumer/message.ts';
-import { startEdge, type LocalEdge } from '../src/queue-consumer/local.ts';
+import { startEdge, type LocalEdge } from '../support/edge.ts';
 import { createDbPair, withClient, type DbPair } from './harness.ts';
 
 const KEY = 'edge-local-test-key';

@@ -2,7 +2,7 @@
 // objects) and keeps the quarantine; it refuses while a rollback may still need the capture, and an
 // upgrade abandoned before any target went live leaves blue exactly as it was before migrate touched it.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DIRTY_CLASSES } from '../src/fixture/seed.ts';
+import { DIRTY_CLASSES } from '../support/fixture/seed.ts';
 import { ExitCode } from '../src/errors.ts';
 import { createDbPair, fingerprint, runCli, seedBlue, withClient, writeConfig, type DbPair } from './harness.ts';
 
@@ -39,7 +39,7 @@ describe('migrate finish', () => {
     const ids = doc.remove.map((a) => a.id);
     expect(ids).toContain('blue:schema:bluegreen');
     expect(ids).toContain('green:schema:bluegreen_green');
-    expect(ids.some((id) => id.startsWith('blue:trigger:bluegreen_capture_delete ON '))).toBe(true);
+    expect(ids.some((id) => id.startsWith('blue:trigger:bluegreen_capture_delete:'))).toBe(true);
     expect(doc.kept.length).toBeGreaterThan(0);
   });
 

@@ -8,10 +8,11 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HYDRA_CLEANUP_RULES } from '../src/engines/hydra/cleanup.ts';
-import { startCluster, type LocalCluster } from '../src/db/embedded.ts';
+import { startCluster, type LocalCluster } from '../support/embedded.ts';
 import { ident } from '../src/db/sql.ts';
 import { HYDRA_REPAIRS } from '../src/engines/hydra/repairs.ts';
-import { repairSql } from '../src/engines/repair.ts';
+import { runRepair } from '../src/engines/repair.ts';
+import { installQuarantine } from '../src/db/quarantine.ts';
 import {
   DIRTY_CLASSES,
   HYDRA_V2_MIGRATIONS_DIR,
@@ -21,7 +22,7 @@ import {
   type DirtyRow,
   type SeedOptions,
   type SeedResult,
-} from '../src/fixture/seed.ts';
+} from '../support/fixture/seed.ts';
 
 const ROWS = 2000;
 
@@ -330,7 +331,8 @@ describe('the Hydra-shaped fixture', () => {
     // The merge tests `error IS NOT NULL` first and v1 writes '{}' for an accepted login: every handled
     // login is 128 until the engine's post-migration repair recomputes it.
     expect((await db.query<{ s: number }>('SELECT DISTINCT state AS s FROM hydra_oauth2_flow ORDER BY 1')).rows.map((r) => r.s)).toEqual([1, 128]);
-    for (const r of HYDRA_REPAIRS) await db.query(repairSql(r));
+    await installQuarantine(db);
+    for (const r of HYDRA_REPAIRS) await runRepair(db, 'fixture', r);
     expect(await count(db, 'SELECT count(DISTINCT state) AS n FROM hydra_oauth2_flow')).toBeGreaterThanOrEqual(6);
     expect(await count(db, "SELECT count(*) AS n FROM hydra_client WHERE jsonb_typeof(redirect_uris) = 'array' AND jsonb_array_length(redirect_uris) > 1")).toBeGreaterThan(0);
     expect(await count(db, "SELECT count(*) AS n FROM pg_index WHERE indexrelid = 'public.hydra_oauth2_access_requested_at_idx'::regclass AND indisvalid")).toBe(1);

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestProject } from 'vitest/node';
-import { startCluster, type LocalCluster } from '../src/db/embedded.ts';
+import { startCluster, type LocalCluster } from '../support/embedded.ts';
 
 const TMPFS = '/dev/shm';
 const TMPFS_MIN_FREE_BYTES = 8 * 1024 ** 3;

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { expect, inject } from 'vitest';
-import { loadHydraV1Schema, seedHydraV1, type SeedOptions, type SeedResult } from '../src/fixture/seed.ts';
+import { loadHydraV1Schema, seedHydraV1, type SeedOptions, type SeedResult } from '../support/fixture/seed.ts';
 import { popSource } from '../src/sources/pop.ts';
 
 /** Repository root. */

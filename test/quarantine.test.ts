@@ -2,7 +2,7 @@
 // and rewritten values (escaped pipe lists, replaced session text) byte-identical to blue's, and the
 // v2 migrations pass on a cleaned green.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DIRTY_CLASSES } from '../src/fixture/seed.ts';
+import { DIRTY_CLASSES } from '../support/fixture/seed.ts';
 import { createDbPair, kill9, runCli, seedBlue, startCliUntil, tableChecksums, writeConfig, type DbPair } from './harness.ts';
 
 describe('quarantine restore', () => {

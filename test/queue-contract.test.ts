@@ -6,8 +6,8 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { HttpQueue, QueueApiError } from '../src/queue/http.ts';
 import { QueueDeliveryPausedError } from '../src/queue/queue.ts';
-import { LocalQueue } from '../src/queue/local.ts';
-import { serveLocalQueueApi, type LocalQueueApi } from '../src/queue/local-http.ts';
+import { LocalQueue } from '../support/queues/local-queue.ts';
+import { serveLocalQueueApi, type LocalQueueApi } from '../support/queues/fake-api.ts';
 import type { RevocationQueue } from '../src/queue/queue.ts';
 
 interface Rig {

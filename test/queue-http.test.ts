@@ -10,8 +10,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/load.ts';
 import { checkQueueConsumer } from '../src/queue/consumer-check.ts';
 import { HttpQueue, QueueApiError, retryAfterMs } from '../src/queue/http.ts';
-import { LocalQueue } from '../src/queue/local.ts';
-import { serveLocalQueueApi, type LocalQueueApi } from '../src/queue/local-http.ts';
+import { LocalQueue } from '../support/queues/local-queue.ts';
+import { serveLocalQueueApi, type LocalQueueApi } from '../support/queues/fake-api.ts';
 import { decodePulledBody } from '../src/queue/wire.ts';
 import { V2_MIGRATIONS } from './harness.ts';
 

@@ -8,7 +8,7 @@ import { prepareParts, replayPipelined } from '../src/replay/pipeline.ts';
 import { applyReplayBatch, orderEvents, type ReplayEvent } from '../src/replay/semantics.ts';
 import { createDbPair, seedBlue, seedUpgradedToV2, withClient, type DbPair } from './harness.ts';
 import { connect } from '../src/db/connect.ts';
-import { loadHydraV1Schema, seedHydraV1 } from '../src/fixture/seed.ts';
+import { loadHydraV1Schema, seedHydraV1 } from '../support/fixture/seed.ts';
 
 let pair: DbPair;
 let v1: pg.Client;

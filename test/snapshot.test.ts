@@ -3,7 +3,7 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DIRTY_CLASSES } from '../src/fixture/seed.ts';
+import { DIRTY_CLASSES } from '../support/fixture/seed.ts';
 import { createDbPair, kill9, ROOT, seedBlue, tableChecksums, withClient, writeConfig, type DbPair } from './harness.ts';
 
 const SEED = { rows: 2000, seed: 23, dirty: DIRTY_CLASSES };

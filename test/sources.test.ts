@@ -8,7 +8,7 @@ import path from 'node:path';
 import { migrate } from 'postgres-migrations';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { connect, type Db } from '../src/db/connect.ts';
-import { startCluster, type LocalCluster } from '../src/db/embedded.ts';
+import { startCluster, type LocalCluster } from '../support/embedded.ts';
 import { ExitCode, OperatorError, PostgresError, SourceError, StateError } from '../src/errors.ts';
 import { checkAll, checkMigrationSql } from '../src/sources/check.ts';
 import { commandSource } from '../src/sources/command.ts';

@@ -2,10 +2,10 @@
 // introspect, revoke, refresh rotation and consent revocation, through real HTTP and Postgres.
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadHydraV1Schema, seedHydraV1 } from '../src/fixture/seed.ts';
+import { loadHydraV1Schema, seedHydraV1 } from '../support/fixture/seed.ts';
 import { popSource } from '../src/sources/pop.ts';
 import { connect } from '../src/db/connect.ts';
-import { rawTokenFor, startStandin, STANDIN_SERVER, type Standin } from '../src/standin/server.ts';
+import { rawTokenFor, startStandin, STANDIN_SERVER, type Standin } from '../support/standin/server.ts';
 import { createDbPair, seedBlue, V2_MIGRATIONS, withClient, type DbPair } from './harness.ts';
 
 let pair: DbPair;

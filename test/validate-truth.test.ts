@@ -8,7 +8,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect } from '../src/db/connect.ts';
-import { DIRTY_CLASSES, loadHydraV1Schema, seedHydraV1 } from '../src/fixture/seed.ts';
+import { DIRTY_CLASSES, loadHydraV1Schema, seedHydraV1 } from '../support/fixture/seed.ts';
 import { popSource } from '../src/sources/pop.ts';
 import { compareConversion } from '../src/validate/changes.ts';
 import { HYDRA_CONVERSIONS } from '../src/engines/hydra/conversions.ts';

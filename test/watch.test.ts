@@ -12,7 +12,8 @@ import { kvNamespaceStore, type KvStore } from '../src/cutover/kv.ts';
 import { watchSchema } from '../src/cutover/schema.ts';
 import { plainSink } from '../src/report/progress.ts';
 import { Journal, latestRun } from '../src/state/journal.ts';
-import { runCutoverPhase } from '../src/steps/cutover.ts';
+import { runCutover } from '../src/cutover/phase.ts';
+import { cutoverWiring } from '../src/cutover/wiring.ts';
 import { watchWindow } from '../src/steps/watch.ts';
 import { createDbPair, seedBlue, withClient, writeConfig, type DbPair } from './harness.ts';
 
@@ -98,7 +99,6 @@ describe('watch', () => {
     });
 
     it('rolls every target back automatically on a breach, replays green revocations into blue and restores the lever', async () => {
-      const calls: string[] = [];
       const result = await withContext({ config: process.env.WATCH_CFG! }, async (ctx) => {
         ctx.journal = new Journal(ctx.blue, (await latestRun(ctx.blue))!.run_id);
         ctx.config.raw.lever = {
@@ -107,25 +107,23 @@ describe('watch', () => {
           commit: { sql: `UPDATE app_config SET value = '86400' WHERE key = 'token_ttl'`, params: [] },
           rollback: { sql: `UPDATE app_config SET value = $1 WHERE key = 'token_ttl'`, params: ['{{saved}}'] },
         };
-        return runCutoverPhase({
-          ctx,
-          yes: true,
+        ctx.cutover = cutoverWiring(ctx.config, {
           kv: () => kv,
           targets: [
             { name: 'config-table', kind: 'sql', database: 'green', prepare: { sql: `SELECT value FROM app_config WHERE key = 'upstream'`, params: [] }, commit: { sql: `UPDATE app_config SET value = 'green' WHERE key = 'upstream'`, params: [] }, rollback: { sql: `UPDATE app_config SET value = $1 WHERE key = 'upstream'`, params: ['{{saved}}'] } },
             { name: 'router-kv', kind: 'kv', namespaceId: 'routes', key: 'upstream', commit: { put: 'green' }, rollback: { put: '{{saved}}' } },
           ],
-          drain: async () => (calls.push('drain'), { replayed: 0 }),
-          replayToBlue: async () => (calls.push('replay-to-blue'), { replayed: 3 }),
           watch: spec(svc.url, { windowSeconds: 5 }),
         });
+        return runCutover(ctx, { yes: true, sink: plainSink(new PassThrough()) });
       });
       expect(result.error?.exitCode).toBe(8);
       expect(result.cutover).toMatchObject({ rolledBack: true, rollbackOrder: ['router-kv', 'config-table'], failure: { target: 'auth', phase: 'watch' } });
       expect(result.cutover.targets.map((t) => t.status)).toEqual(['rolled-back', 'rolled-back']);
       expect(result.watch!.breach!.kind).toBe('error-rate');
-      expect(calls).toEqual(['drain', 'replay-to-blue']);
-      expect(result.replayedToBlue).toBe(3);
+      // The steps ran in order up to the breach; the rollback replayed green's outbox (nothing revoked there) into blue.
+      expect(result.steps.map((s) => `${s.name}:${s.status}`)).toEqual(['lever:done', 'cutover:done', 'drain:done', 'recheck:done', 'watch:failed', 'restore-ttl:not-run']);
+      expect(result.replayedToBlue).toBe(0);
       expect(result.lever).toEqual({ raised: true, restored: true, saved: '3600' });
       expect(await kv.get('upstream')).toBe('blue');
       const rows = await withClient(pair.greenDsn, async (c) => (await c.query(`SELECT key, value FROM app_config ORDER BY key`)).rows);

@@ -8,7 +8,8 @@ import { accessChangeLines, type AccessChange } from '../engines/access.ts';
 import { drillHooksFromFlag } from '../drill.ts';
 import { UsageError } from '../errors.ts';
 import { progressSink } from '../report/progress.ts';
-import { applyInPlaceCommand } from './apply-in-place.ts';
+import { IN_PLACE_STEPS } from '../inplace/steps.ts';
+import type { UnitHooks } from '../drill.ts';
 import { applyMarkdown } from '../report/apply-summary.ts';
 import { checkGuardrails, outboxBacklog } from '../cutover/guardrails.ts';
 import { Journal } from '../state/journal.ts';
@@ -66,7 +67,7 @@ export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
   if (flags.acceptNewSnapshot && !flags.resume) throw new UsageError('--accept-new-snapshot only applies with --resume', 'add --resume');
   const mode: ResumeMode = flags.resume ? 'resume' : flags.restart ? 'restart' : 'fresh';
   const hooks = drillHooksFromFlag(flags.drillPause);
-  if (flags.inPlace) return applyInPlaceCommand(flags, mode, hooks);
+  if (flags.inPlace) return applyInPlace(flags, mode, hooks);
   const run = { acceptNewSnapshot: !!flags.acceptNewSnapshot, restart: !!flags.restart, resume: !!flags.resume, allowNoMigrations: !!flags.allowNoMigrations, ...(flags.jobs ? { jobs: flags.jobs } : {}), ...(flags.verify ? { verify: flags.verify } : {}) };
   return withContext({ config: flags.config, run, ...(hooks ? { hooks } : {}) }, async (ctx) => {
     const baseline = await dbStats(ctx.green);
@@ -114,6 +115,30 @@ export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
     if (validation) lines.push(...validationLines(validation));
     if (guardrails) lines.push('cutover guardrails (dry run, informational):', ...guardrails.map((g) => `  ${g.ok ? 'ok ' : 'NO '} ${g.id}: ${g.detail}`));
     lines.push(metricsText(metrics));
+    if (outcome.error) lines.push(`error: ${outcome.error.message}`, `hint: ${outcome.error.hint}`);
+    return { exitCode, json, text: lines.join('\n') };
+  });
+}
+
+/** `migrate apply --in-place [--no-rewrite] [--resume|--restart]`: the pending migrations on blue itself, lock-safe, under the same journal and run lock. */
+async function applyInPlace(flags: ApplyFlags, mode: ResumeMode, hooks?: UnitHooks): Promise<CommandResult> {
+  const run = { resume: mode === 'resume', restart: mode === 'restart', rewrite: flags.rewrite !== false };
+  return withContext({ config: flags.config, run, ...(hooks ? { hooks } : {}) }, async (ctx) => {
+    const outcome = await apply(ctx, mode, flags.sink ?? progressSink(!!flags.json), IN_PLACE_STEPS);
+    const migrate = outcome.results.find((r) => r.name === 'migrate-in-place');
+    const exitCode = outcome.error?.exitCode ?? 0;
+    const json = {
+      ok: !outcome.error,
+      exitCode,
+      inPlace: true,
+      runId: outcome.runId,
+      resumed: outcome.resumed,
+      steps: outcome.results.map((r) => ({ name: r.name, status: r.status, ms: r.ms })),
+      migrate: migrate?.status === 'done' ? migrate.detail : null,
+      ...(outcome.error ? { error: outcome.error.toJSON() } : {}),
+    };
+    const lines = [`in-place run ${outcome.runId}${outcome.resumed ? ' (resumed)' : ''}`, stepsTable(outcome.results)];
+    if (migrate?.status === 'done' && migrate.detail) lines.push(`applied: ${(migrate.detail.applied as string[]).join(', ') || 'nothing'}; lock retries: ${String(migrate.detail.retries)}`);
     if (outcome.error) lines.push(`error: ${outcome.error.message}`, `hint: ${outcome.error.hint}`);
     return { exitCode, json, text: lines.join('\n') };
   });

@@ -28,7 +28,7 @@ export function missingDemoPackages(resolve: (specifier: string) => string = (s)
 }
 
 /** Runs `migrate demo` when its dev dependencies are installed; otherwise says which ones (exit 3). */
-export async function launchDemo(flags: Parameters<typeof import('./demo.ts').demoCommand>[0]): Promise<CommandResult> {
+export async function launchDemo(flags: Parameters<typeof import('../../support/demo/command.ts').demoCommand>[0]): Promise<CommandResult> {
   const missing = missingDemoPackages();
   if (missing.length) {
     throw new StateError(
@@ -37,6 +37,6 @@ export async function launchDemo(flags: Parameters<typeof import('./demo.ts').de
       { missing },
     );
   }
-  const { demoCommand } = await import('./demo.ts');
+  const { demoCommand } = await import('../../support/demo/command.ts');
   return demoCommand(flags);
 }

@@ -8,7 +8,7 @@ import { redactValues } from '../db/redact.ts';
 import { ExitCode, FindingsError, StateError } from '../errors.ts';
 import { queueFromConfig } from '../queue/from-config.ts';
 import type { ReplayProfile } from '../replay/semantics.ts';
-import { drain, type DrainStats } from '../steps/drain.ts';
+import { drain, type DrainStats } from '../replay/drain.ts';
 import { acquireRunLock, latestRun } from '../state/journal.ts';
 import { assertGreenIdentity, identityGuardrails, identityRefusal } from '../cutover/guardrails.ts';
 import type { CommandResult } from './result.ts';

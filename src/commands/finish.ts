@@ -4,10 +4,12 @@
 // remove; with --yes it removes it (green first, then blue, where the journal lives) and keeps the
 // quarantine. Refuses (exit 3) while a rollback may still need the capture.
 
-import { CUTOVER_STEP, LIVE_STATES, targetRecords } from '../cutover/state.ts';
+import { cutoverStands } from '../cutover/phase.ts';
+import { LIVE_STATES, targetRecords } from '../cutover/state.ts';
 import { ExitCode, StateError } from '../errors.ts';
 import { Journal, latestRun } from '../state/journal.ts';
-import { DROP_QUARANTINE_HINT, finishActions, keptQuarantine, runFinishActions } from '../steps/finish.ts';
+import { runSqlActions } from '../run-step.ts';
+import { DROP_QUARANTINE_HINT, finishActions, keptQuarantine } from '../steps/finish.ts';
 import { table, type CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
 
@@ -22,7 +24,7 @@ export interface FinishFlags extends CommonOptions {
 /** Refuses while the capture may still be needed: no cutover that passed its watch, or a target still live on an abandoned run. */
 async function assertFinishable(journal: Journal | null, abandon: boolean): Promise<void> {
   if (!journal) return;
-  const cutoverDone = (await journal.done(CUTOVER_STEP)).has('');
+  const cutoverDone = await cutoverStands(journal);
   const live = (await targetRecords(journal)).filter((t) => LIVE_STATES.has(t.state));
   if (abandon && live.length && !cutoverDone) {
     throw new StateError(`targets ${live.map((t) => t.name).join(', ')} are still live on green`, 'roll them back first (`migrate rollback --yes`), then `migrate finish --abandon --yes`');
@@ -48,8 +50,8 @@ export async function finishCommand(flags: FinishFlags): Promise<CommandResult> 
       const text = [actions.length ? `would remove:\n${listing}\nrun again with --yes to do it` : listing, ...keptLines].join('\n');
       return { exitCode: ExitCode.ok, json: { ok: true, exitCode: 0, runId: run?.run_id ?? null, done: false, remove: actions, kept }, text };
     }
-    await runFinishActions(ctx.green, 'green', actions.filter((a) => a.side === 'green'));
-    await runFinishActions(ctx.blue, 'blue', actions.filter((a) => a.side === 'blue'));
+    await runSqlActions(ctx.green, 'green', actions.filter((a) => a.side === 'green'));
+    await runSqlActions(ctx.blue, 'blue', actions.filter((a) => a.side === 'blue'));
     const text = [actions.length ? `removed:\n${listing}` : listing, ...keptLines].join('\n');
     return { exitCode: ExitCode.ok, json: { ok: true, exitCode: 0, runId: run?.run_id ?? null, done: true, removed: actions, kept }, text };
   });

@@ -3,7 +3,7 @@
 
 import path from 'node:path';
 import { loadConfig } from '../config/load.ts';
-import { createSource } from '../sources/index.ts';
+import { sourceOf } from '../sources/index.ts';
 import { UsageError } from '../errors.ts';
 import { findingLines, lintMigrations, migrationFromFile } from '../lint/index.ts';
 import type { CommandResult } from './result.ts';
@@ -26,9 +26,8 @@ export async function lintCommand(files: string[], flags: LintFlags): Promise<Co
   if (!files.length && !config) throw new UsageError('nothing to lint', 'pass migration files, or --config to lint the configured migrations');
   let migrations = files.map(migrationFromFile);
   if (!files.length && config) {
-    const cfg = config.raw.migrations;
-    if (cfg.kind === 'command') throw new UsageError('the configured source is a command: there is no SQL to lint', 'pass the migration files to `migrate lint FILE...`');
-    migrations = await createSource({ ...cfg, dir: config.migrationsDir ?? cfg.dir }, { greenDsn: config.greenDsn }).all();
+    if (config.raw.migrations.kind === 'command') throw new UsageError('the configured source is a command: there is no SQL to lint', 'pass the migration files to `migrate lint FILE...`');
+    migrations = await sourceOf(config).all();
   }
   const fromConfig = config?.raw.lint.queriesFile ? path.resolve(path.dirname(config.file), config.raw.lint.queriesFile) : undefined;
   const queriesFile = flags.queries ?? fromConfig;

@@ -1,10 +1,13 @@
 // `migrate plan`: every action `apply` would run, computed by the same step code, read-only. With an
 // unfinished run on blue, it shows what `apply --resume` would still do: per step done, remaining,
-// re-opened (its inputs changed) or refused, judged by the runner's own resumeState.
+// re-opened (its inputs changed) or refused, judged by the runner's own resumeState. With
+// `--through cutover` it also lists the steps `migrate cutover` runs after the apply.
 
 import { migrateInPlace } from '../inplace/steps.ts';
-import type { Action } from '../steps/step.ts';
-import { planAll, STEPS } from '../runner.ts';
+import type { ResolvedConfig } from '../config/load.ts';
+import { CUTOVER_STEPS } from '../cutover/phase.ts';
+import { cutoverWiring } from '../cutover/wiring.ts';
+import { planAll, STEPS, type ReportedAction } from '../runner.ts';
 import { remainingUnits, resumeState, type ResumeStatus } from '../state/resume.ts';
 import { safetyLines, safetyReport } from './plan-safety.ts';
 import { Journal, latestRun } from '../state/journal.ts';
@@ -13,7 +16,7 @@ import type { CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
 
 /** Runs `migrate plan`; a migrations folder `apply` would refuse (nothing pending, misnamed files) fails it the same way (exit 6). */
-export async function planCommand(flags: CommonOptions & { inPlace?: boolean; rewrite?: boolean; queries?: string; allowNoMigrations?: boolean; lintDetails?: boolean }): Promise<CommandResult> {
+export async function planCommand(flags: Omit<CommonOptions, 'config'> & { config: string | ResolvedConfig; inPlace?: boolean; rewrite?: boolean; queries?: string; allowNoMigrations?: boolean; lintDetails?: boolean; through?: 'apply' | 'cutover' }): Promise<CommandResult> {
   return withContext({ config: flags.config, run: { rewrite: flags.rewrite !== false, allowNoMigrations: !!flags.allowNoMigrations } }, async (ctx) => {
     const last = await latestRun(ctx.blue);
     ctx.options.resume = last?.status === 'running' || last?.status === 'failed';
@@ -24,6 +27,11 @@ export async function planCommand(flags: CommonOptions & { inPlace?: boolean; re
     const skipped = new Set([...states.values()].filter((r) => r.status === 'done' || r.status === 'refused').map((r) => r.step));
     // In place, the pre-flight's failing rows are shown below instead of stopping the plan.
     const planned = await planAll(ctx, flags.inPlace ? [migrateInPlace] : STEPS, skipped);
+    // The cutover's steps, as `migrate cutover` would plan them after this apply (read-only, nothing is probed).
+    if (flags.through === 'cutover' && !flags.inPlace) {
+      ctx.cutover = cutoverWiring(ctx.config);
+      planned.push(...(await planAll(ctx, CUTOVER_STEPS)));
+    }
     const steps = planned.map((s) => {
       const r = states.get(s.step);
       return r ? { ...s, status: r.status, doneUnits: r.doneUnits.length - r.reopenedUnits.length, remainingUnits: remainingUnits(r, s.actions), ...(r.reason ? { reason: r.reason } : {}), ...(r.hint ? { hint: r.hint } : {}) } : s;
@@ -60,7 +68,7 @@ export async function planCommand(flags: CommonOptions & { inPlace?: boolean; re
 }
 
 /** One step of an unfinished run: what is done (counted), what would still run (listed), or why it is re-opened or refused. */
-function resumeLines(r: ResumeStatus, actions: readonly Action[]): string[] {
+function resumeLines(r: ResumeStatus, actions: readonly ReportedAction[]): string[] {
   const done = r.doneUnits.length - r.reopenedUnits.length;
   if (r.status === 'refused') return [`  refused: ${r.reason}`, `  hint: ${r.hint}`];
   const out = r.status === 'reopened' ? [`  re-opened: ${r.reason}`] : r.reason ? [`  note: ${r.reason}`] : [];

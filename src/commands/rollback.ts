@@ -1,16 +1,16 @@
-// `migrate rollback`: shows, from the journal, which targets are live on green, and rolls them back
-// newest commit first with the values their prepare read; then restores the TTL lever. Refuses
+// `migrate rollback`: shows, from the journal, which targets are live on green; with --yes runs the
+// cutover steps' rollbacks through the runner (src/cutover/phase.ts): live targets back newest commit
+// first with the values their prepare read, green's revocations replayed into blue, then the TTL. Refuses
 // (exit 3) when green.dsn does not name the green the run cut over to: its sql targets on `green`
 // would otherwise be "rolled back" in a database that was never cut over.
 
-import { rollbackTargets } from '../cutover/coordinator.ts';
+import { rollbackCutover } from '../cutover/phase.ts';
+import { cutoverWiring } from '../cutover/wiring.ts';
 import { assertGreenIdentity } from '../cutover/guardrails.ts';
 import { kvFromEnv } from '../cutover/kv-env.ts';
-import { LIVE_STATES, leverRecord, journalTargetLog, targetRecords } from '../cutover/state.ts';
-import { ExitCode, StateError, UsageError } from '../errors.ts';
+import { LIVE_STATES, leverRecord, targetRecords } from '../cutover/state.ts';
+import { ExitCode, StateError } from '../errors.ts';
 import { Journal, latestRun } from '../state/journal.ts';
-import { restoreLever } from '../steps/lever.ts';
-import { actionEnv } from '../steps/cutover.ts';
 import { table, type CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
 
@@ -30,19 +30,25 @@ export async function rollbackCommand(flags: CommonOptions & { yes?: boolean }):
       const text = plan.length ? `would undo, in this order:\n  ${plan.join('\n  ')}\nrun again with --yes to do it` : 'nothing to roll back: no target is live on green';
       return { exitCode: ExitCode.ok, json: { ok: true, exitCode: 0, runId: run.run_id, plan, done: false }, text };
     }
-    const targets = ctx.config.raw.cutover?.targets ?? [];
-    const missing = live.filter((r) => !targets.some((t) => t.name === r.name));
-    if (missing.length) throw new UsageError(`targets ${missing.map((m) => m.name).join(', ')} are live but no longer in the config`, 'restore their entries in cutover.targets so their rollback actions are known');
     const kv = kvFromEnv();
     try {
-      const env = actionEnv(ctx, kv.kv);
-      const byName = new Map(records.map((r) => [r.name, r]));
-      const failures = await rollbackTargets(targets, byName, live.map((r) => r.name), env, journalTargetLog(journal));
-      const leverAfter = await restoreLever(ctx.config.raw.lever, env, journal);
+      ctx.journal = journal;
+      ctx.cutover = cutoverWiring(ctx.config, { kv: kv.kv });
+      ctx.progress = (text) => void process.stderr.write(`${new Date().toISOString().slice(11, 19)} rollback: ${text}\n`);
+      const undone = await rollbackCutover(ctx);
+      const failures = (undone.cutover?.failures as { target: string; message: string }[] | undefined) ?? [];
+      const leverAfter = await leverRecord(journal);
       const exitCode = failures.length || leverAfter?.state === 'restore-failed' ? ExitCode.cutoverRolledBack : ExitCode.ok;
-      const rows = live.map((r) => [r.name, byName.get(r.name)!.state]);
-      const text = [rows.length ? table([['target', 'state'], ...rows]) : 'no target was live', leverAfter ? `lever: ${leverAfter.state}` : '', ...failures.map((f) => `ROLLBACK FAILED ${f.target}: ${f.message}`)].filter(Boolean).join('\n');
-      return { exitCode, json: { ok: exitCode === 0, exitCode, runId: run.run_id, plan, done: true, targets: live.map((r) => ({ name: r.name, status: byName.get(r.name)!.state })), lever: leverAfter, failures }, text };
+      const after = new Map((await targetRecords(journal)).map((r) => [r.name, r.state]));
+      const rows = live.map((r) => [r.name, after.get(r.name) ?? r.state]);
+      const replayed = undone.cutover?.replayedToBlue;
+      const text = [
+        rows.length ? table([['target', 'state'], ...rows]) : 'no target was live',
+        leverAfter ? `lever: ${leverAfter.state}` : '',
+        typeof replayed === 'number' ? `replayed into blue: ${replayed} revocation(s) green accepted` : '',
+        ...failures.map((f) => `ROLLBACK FAILED ${f.target}: ${f.message}`),
+      ].filter(Boolean).join('\n');
+      return { exitCode, json: { ok: exitCode === 0, exitCode, runId: run.run_id, plan, done: true, targets: live.map((r) => ({ name: r.name, status: after.get(r.name) ?? r.state })), lever: leverAfter, replayedToBlue: replayed ?? null, failures }, text };
     } finally {
       await kv.dispose();
     }

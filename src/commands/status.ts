@@ -6,6 +6,7 @@ import { readMarker } from '../db/green.ts';
 import { listQuarantine } from '../db/quarantine.ts';
 import { cutoverLines, leverRecord, targetRecords } from '../cutover/state.ts';
 import { Journal, latestRun, type RunRow } from '../state/journal.ts';
+import { CUTOVER_STEP_ORDER, IN_PLACE_STEP_ORDER, STEP_ORDER } from '../steps/step.ts';
 import { table, type CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
 
@@ -26,8 +27,12 @@ export async function statusCommand(flags: CommonOptions): Promise<CommandResult
       return { exitCode: 0, json: { ok: true, exitCode: 0, run: null, rehearsal, green: marker }, text };
     }
     const rows = await new Journal(ctx.blue, run.run_id).rows();
-    const steps = rows.filter((r) => r.unit === '');
     const units = rows.filter((r) => r.unit !== '');
+    // Every step of the lifecycle in run order, those not reached yet included; then earlier cutover attempts.
+    const own = new Map(rows.filter((r) => r.unit === '').map((r) => [r.step, r]));
+    const inPlace = own.has('constraints') || own.has('migrate-in-place');
+    const order: readonly string[] = inPlace ? IN_PLACE_STEP_ORDER : [...STEP_ORDER, ...CUTOVER_STEP_ORDER];
+    const steps = [...order.map((name) => own.get(name) ?? { step: name, unit: '', status: 'not started', started_at: null, finished_at: null, detail: {} }), ...[...own.values()].filter((r) => !order.includes(r.step))];
     const quarantine = await listQuarantine(ctx.green).catch(() => []);
     const journal = new Journal(ctx.blue, run.run_id);
     const cutover = { targets: await targetRecords(journal), lever: await leverRecord(journal) };

@@ -5,6 +5,7 @@
 // The identity checks exist because the journal describes one green: passing the other guardrails
 // from a run's journal says nothing about a different database that green.dsn may name today.
 
+import { CUTOVER_STEP_ORDER } from '../steps/step.ts';
 import type { ResolvedConfig } from '../config/load.ts';
 import { query, type Db } from '../db/connect.ts';
 import { readMarker } from '../db/green.ts';
@@ -14,7 +15,7 @@ import { isRehearsal, type Journal, type RunRow } from '../state/journal.ts';
 import { CAPTURE_TRIGGERS } from '../steps/capture.ts';
 
 /** A failed earlier cutover attempt (already rolled back) does not block the next one. */
-const CUTOVER_STEPS = new Set(['cutover', 'lever', 'watch']);
+const CUTOVER_STEPS = new Set<string>([...CUTOVER_STEP_ORDER, 'rollback']);
 
 /** Outbox rows not yet replayed into green; the drain (issue D) provides the real count. */
 export type BacklogFn = () => Promise<number>;
@@ -31,7 +32,7 @@ export interface Guardrail {
 
 /**
  * Default backlog: blue outbox rows above the high-water mark the drain keeps on green
- * (`bluegreen_green.drain_mark`, source `outbox:blue`, written by src/steps/drain.ts); every row when
+ * (`bluegreen_green.drain_mark`, source `outbox:blue`, written by src/replay/drain.ts); every row when
  * nothing was drained yet.
  */
 export function outboxBacklog(blue: Db, green: Db): BacklogFn {
@@ -122,7 +123,7 @@ export async function checkGuardrails(blue: Db, green: Db, journal: Journal, con
   const pending = await backlog();
   const max = config.raw.guardrails.maxDrainBacklog;
   out.push({ id: 'drain-backlog', ok: pending <= max, detail: `${pending} outbox rows not yet replayed (max ${max}; run \`migrate drain\`)` });
-  const failed = (await journal.rows()).filter((r) => r.status === 'failed' && !CUTOVER_STEPS.has(r.step));
+  const failed = (await journal.rows()).filter((r) => r.status === 'failed' && !CUTOVER_STEPS.has(r.step.split('#')[0]!));
   out.push({ id: 'no-blocking-findings', ok: failed.length === 0 && (validation?.failures?.length ?? 0) === 0, detail: failed.length ? `failed units: ${failed.map((r) => `${r.step}/${r.unit || '-'}`).join(', ')}` : 'no failed step or finding in the journal' });
   return out;
 }

@@ -2,10 +2,7 @@
 // argv arrays, never a shell; the DSN goes in through PG* environment variables so no password
 // appears in a process listing.
 
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
-
-const execFileAsync = promisify(execFile);
+import { runProcess } from '../process.ts';
 
 /** A binary found on PATH with its major version. */
 export interface BinaryInfo {
@@ -17,10 +14,10 @@ export interface BinaryInfo {
   major: number;
 }
 
-/** Runs `<name> --version`; null when the binary is missing. */
+/** Runs `<name> --version`; null when the binary is missing or fails. */
 export async function binaryVersion(name: string): Promise<BinaryInfo | null> {
   try {
-    const { stdout } = await execFileAsync(name, ['--version'], { timeout: 10_000 });
+    const { stdout } = await runProcess([name, '--version'], { timeoutMs: 10_000 });
     const found = parseVersion(stdout);
     return found && { name, ...found };
   } catch {

@@ -3,14 +3,16 @@
 // and constraint becomes its own resumable, parallel unit, tagged with the table it belongs to so
 // the snapshot can start it as soon as that table's data is in.
 
-import { spawn } from 'node:child_process';
 import { parse } from 'libpg-query';
 import type { Constraint, Node, RangeVar } from '@pgsql/types';
 import { nodeBody, unwrap } from '../lint/parse.ts';
 import { SourceError } from '../errors.ts';
+import { ProcessError, runProcess, type ProcessResult } from '../process.ts';
 import { pgEnv } from './binaries.ts';
-import { redact } from './redact.ts';
 import { OWN_SCHEMAS } from './green.ts';
+
+// The whole script is held in memory (it is parsed as one string); a schema this large is refused.
+const MAX_DUMP_BYTES = 256 * 1024 * 1024;
 
 /** Runs pg_dump for one section and returns the SQL text (psql meta-commands removed). */
 export async function dumpSection(blueDsn: string, section: 'pre-data' | 'post-data', opts: { snapshot?: string; excludeSchemas?: readonly string[] } = {}): Promise<string> {
@@ -18,24 +20,20 @@ export async function dumpSection(blueDsn: string, section: 'pre-data' | 'post-d
   if (opts.snapshot) args.push(`--snapshot=${opts.snapshot}`);
   for (const s of [...OWN_SCHEMAS, ...(opts.excludeSchemas ?? [])]) args.push(`--exclude-schema=${s}`);
   const env = pgEnv(blueDsn);
-  const child = spawn('pg_dump', args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  child.stdout.on('data', (b: Buffer) => out.push(b));
-  child.stderr.on('data', (b: Buffer) => err.push(b));
-  const code = await new Promise<number>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (c) => resolve(c ?? 1));
-  }).catch((e: NodeJS.ErrnoException) => {
-    throw new SourceError(`cannot run pg_dump: ${e.code ?? e.message}`, 'install the PostgreSQL client matching blue (`migrate doctor` tells which)');
-  });
-  if (code !== 0) {
-    const tail = redact(Buffer.concat(err).toString('utf8')).trim().split('\n').slice(-10).join('\n');
-    throw new SourceError(`pg_dump --section=${section} failed (exit ${code}) against ${env.PGHOST}:${env.PGPORT}/${env.PGDATABASE}:\n${tail}`, 'check the message above; rerun with --resume once fixed');
+  const where = `${env.PGHOST}:${env.PGPORT}/${env.PGDATABASE}`;
+  let out: ProcessResult;
+  try {
+    // No timeout: how long a schema dump takes (or waits for its locks) depends on blue alone.
+    out = await runProcess(['pg_dump', ...args], { env, maxBytes: MAX_DUMP_BYTES });
+  } catch (err) {
+    if (!(err instanceof ProcessError)) throw err;
+    if (err.reason === 'start') throw new SourceError(`cannot run pg_dump: ${err.errno}`, 'install the PostgreSQL client matching blue (`migrate doctor` tells which)');
+    const tail = err.stderrTail.split('\n').slice(-10).join('\n');
+    throw new SourceError(`pg_dump --section=${section} failed (exit ${err.status ?? err.signal ?? '?'}) against ${where}:\n${tail}`, 'check the message above; rerun with --resume once fixed');
   }
+  if (out.truncated) throw new SourceError(`pg_dump --section=${section} against ${where} printed more than ${MAX_DUMP_BYTES >> 20} MiB`, 'list the schemas migrate need not copy in snapshot.excludeSchemas');
   // pg_dump >= 15.14 frames its output in \restrict / \unrestrict, which only psql understands.
-  return Buffer.concat(out)
-    .toString('utf8')
+  return out.stdout
     .split('\n')
     .filter((line) => !/^\\(un)?restrict\b/.test(line))
     .join('\n');

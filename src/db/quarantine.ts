@@ -4,22 +4,32 @@
 // Where a value can be rewritten instead (a dangling reference set to NULL as the engine's own
 // migration does, a list escaped so the migration converts it to what it meant), the row stays and
 // the old value is recorded in `bluegreen_quarantine._rewrites` (a partial row: key and old value),
-// restorable the same way until a migration retypes the column.
+// restorable the same way until a migration retypes the column. A rule's statements are generated from
+// the catalog when cleanup plans, so `plan` prints exactly what runs; the run id is not in their text.
 
 import fs from 'node:fs';
-import { listForeignKeys, listTables, type ForeignKey } from './catalog.ts';
+import { listTables, type ForeignKey } from './catalog.ts';
 import { query, withTransaction, type Db } from './connect.ts';
 import { ident, literal, qualified, tableKey, type TableRef } from './sql.ts';
 import { StateError } from '../errors.ts';
 
 /** Schema holding quarantined rows on the database that was cleaned. */
 export const QUARANTINE_SCHEMA = 'bluegreen_quarantine';
-/** The type of column `$5` of table `$4` (`schema.table`) as it is now. */
-const COLUMN_TYPE = `(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = to_regclass($4::text) AND a.attname::text = $5::text AND a.attnum > 0 AND NOT a.attisdropped)`;
+/** The type, as it is now, of column `column` of table `table` (both SQL text expressions; the table as `schema.table`). */
+function columnType(table: string, column: string): string {
+  return `(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = to_regclass(${table}::text) AND a.attname::text = ${column}::text AND a.attnum > 0 AND NOT a.attisdropped)`;
+}
 /** Tables of the quarantine schema that are ours, not per-source-table holds. */
 const OWN_TABLES = ['_template', '_rewrites'];
 const REWRITES = qualified(QUARANTINE_SCHEMA, '_rewrites');
-const SETUP_SQL = fs.readFileSync(new URL('../../sql/state/quarantine.sql', import.meta.url), 'utf8');
+/** The DDL that creates the quarantine schema, its id sequence, tables and helper functions (idempotent). */
+export const QUARANTINE_SETUP_SQL = fs.readFileSync(new URL('../../sql/state/quarantine.sql', import.meta.url), 'utf8').trim();
+/**
+ * The setting the recorded statements read the run id from (`current_setting`): the run id is not in
+ * their text, so what `plan` prints (no run yet) is exactly what the journal records.
+ */
+export const RUN_ID_SETTING = 'bluegreen.run_id';
+const RUN_ID = `current_setting(${literal(RUN_ID_SETTING)})`;
 
 /** Quarantine table name for a source table (`<table>` in public, `<schema>__<table>` elsewhere). */
 export function quarantineTable(t: TableRef): string {
@@ -28,7 +38,7 @@ export function quarantineTable(t: TableRef): string {
 
 /** Creates the quarantine schema, its id sequence and helper functions (idempotent). */
 export async function installQuarantine(db: Db): Promise<void> {
-  await query(db, SETUP_SQL);
+  await query(db, QUARANTINE_SETUP_SQL);
 }
 
 /**
@@ -41,7 +51,7 @@ export async function installQuarantine(db: Db): Promise<void> {
 export async function withEphemeralHelpers<T>(db: Db, fn: () => Promise<T>): Promise<T> {
   return withTransaction(db, async () => {
     const { rows } = await query<{ ok: boolean }>(db, `SELECT to_regnamespace('${QUARANTINE_SCHEMA}') IS NOT NULL AS ok`);
-    if (!rows[0]?.ok) await query(db, SETUP_SQL);
+    if (!rows[0]?.ok) await query(db, QUARANTINE_SETUP_SQL);
     await query(db, 'SET LOCAL transaction_read_only = on');
     return fn();
   }, { end: 'rollback' });
@@ -101,65 +111,110 @@ export function expandDependents(root: MoveStep, fks: readonly ForeignKey[]): Mo
   return planMoves(root, fks).moves;
 }
 
-/** Moves the rows of one rule (and their dependents) in one transaction; returns rows moved per table. */
-export async function quarantineRule(db: Db, runId: string, rule: string, root: MoveStep): Promise<Record<string, number>> {
-  const { moves, detached } = planMoves(root, await listForeignKeys(db));
-  const moved: Record<string, number> = {};
-  // Detach first (its own transaction): a crash in between leaves references already NULL, and the
-  // rerun's detach finds nothing more while the move goes ahead.
-  if (detached.length) {
-    const keys = new Map((await listTables(db)).map((t) => [tableKey(t), t.primaryKey]));
-    for (const { fk, parent } of detached) {
-      const key = keys.get(tableKey(fk.child)) ?? [];
-      if (fk.childColumns.length !== 1 || !key.length) {
-        throw new StateError(`cannot detach ${tableKey(fk.child)} from rule ${rule}: only a one-column foreign key on a table with a primary key can be set to NULL and restored`, 'this is an engine declaration problem: report it');
-      }
-      const column = fk.childColumns[0]!;
-      await rewriteRule(db, runId, rule, { table: fk.child, where: referencing(fk, parent), reason: `references a row rule ${rule} quarantines; kept with ${column} set to NULL, as the engine's own migration leaves it`, key, columns: [{ column, where: referencing(fk, parent), set: 'NULL' }] });
-    }
+/** A reference to moved rows that is set to NULL instead: a recorded rewrite of the child's column (throws when it cannot be restored). */
+function detachStep(rule: string, { fk, parent }: DetachedReference, primaryKeys: ReadonlyMap<string, readonly string[]>): RewriteStep {
+  const key = primaryKeys.get(tableKey(fk.child)) ?? [];
+  if (fk.childColumns.length !== 1 || !key.length) {
+    throw new StateError(`cannot detach ${tableKey(fk.child)} from rule ${rule}: only a one-column foreign key on a table with a primary key can be set to NULL and restored`, 'this is an engine declaration problem: report it');
   }
-  await withTransaction(db, async () => {
-    for (const m of moves) {
-      const qt = quarantineTable(m.table);
-      await query(db, `CREATE TABLE IF NOT EXISTS ${qualified(QUARANTINE_SCHEMA, qt)} (LIKE ${qualified(QUARANTINE_SCHEMA, '_template')} INCLUDING ALL)`);
-      const sql = `WITH moved AS (DELETE FROM ${qualified(m.table.schema, m.table.name)} t WHERE ${m.where} RETURNING t.*)
-        INSERT INTO ${qualified(QUARANTINE_SCHEMA, qt)} (run_id, rule, reason, source_table, row)
-        SELECT $1, $2, $3, $4, to_jsonb(moved) FROM moved`;
-      const res = await query(db, sql, [runId, rule, m.reason, tableKey(m.table)], { sql });
-      moved[tableKey(m.table)] = (moved[tableKey(m.table)] ?? 0) + (res.rowCount ?? 0);
-    }
-  });
-  return moved;
+  const column = fk.childColumns[0]!;
+  const where = referencing(fk, parent);
+  return { table: fk.child, where, reason: `references a row rule ${rule} quarantines; kept with ${column} set to NULL, as the engine's own migration leaves it`, key: [...key], columns: [{ column, where, set: 'NULL' }] };
+}
+
+/** One statement of a recorded rule (cleanup rule or repair): what plan prints and what runs. */
+export interface RuleStatement {
+  /** The SQL; it reads the run id from {@link RUN_ID_SETTING}. */
+  sql: string;
+  /** What its row count is: rows moved out of `table`, values rewritten in it, or nothing counted (DDL, a detached reference). */
+  kind: 'ddl' | 'detach' | 'move' | 'rewrite';
+  /** The source table (`schema.table`). */
+  table: string;
+}
+
+/**
+ * The statements that move the rows of one rule and their dependents (by foreign key, recursively)
+ * to quarantine: references the rule detaches first (set to NULL and recorded, while the rows they
+ * point at are still there), then per move its quarantine table and the move, dependents first.
+ * Pure: `fks` and `primaryKeys` come from the catalog of the database they will run on (or one with
+ * the same schema). Throws StateError when a declared detach cannot be recorded.
+ */
+export function moveStatements(rule: string, root: MoveStep, fks: readonly ForeignKey[], primaryKeys: ReadonlyMap<string, readonly string[]>): RuleStatement[] {
+  const { moves, detached } = planMoves(root, fks);
+  const out: RuleStatement[] = detached.flatMap((d) => rewriteStatements(rule, detachStep(rule, d, primaryKeys)).map((s) => ({ ...s, kind: 'detach' as const })));
+  for (const m of moves) {
+    const hold = qualified(QUARANTINE_SCHEMA, quarantineTable(m.table));
+    const table = tableKey(m.table);
+    out.push({ kind: 'ddl', table, sql: `CREATE TABLE IF NOT EXISTS ${hold} (LIKE ${qualified(QUARANTINE_SCHEMA, '_template')} INCLUDING ALL)` });
+    out.push({
+      kind: 'move',
+      table,
+      sql: `WITH moved AS (DELETE FROM ${qualified(m.table.schema, m.table.name)} t WHERE ${m.where} RETURNING t.*)
+INSERT INTO ${hold} (run_id, rule, reason, source_table, row)
+SELECT ${RUN_ID}, ${literal(rule)}, ${literal(m.reason)}, ${literal(table)}, to_jsonb(moved) FROM moved`,
+    });
+  }
+  return out;
 }
 
 /** A rule that keeps its rows and rewrites values instead of moving them. */
 export interface RewriteStep extends MoveStep {
   /** Columns rewritten: per column, which rows (alias `t`) and the new value (an expression over `t`). */
   columns: readonly { column: string; where: string; set: string }[];
-  /** Primary key columns of the table (how restore finds the row again). */
-  key: string[];
+  /**
+   * Primary key columns of the table (how restore finds the row again); null: read from the catalog
+   * as the statement runs (a repair's table exists only once the migrations ran, after plan).
+   */
+  key: readonly string[] | null;
 }
 
 /**
- * Rewrites each column on the rows its predicate selects and records each row's key and old value
- * (as a partial row), one statement per column (a data-modifying CTE always runs), all in one
- * transaction; returns the values rewritten.
+ * The statements that rewrite each column on the rows its predicate selects and record each row's
+ * key and old value (as a partial row) in `_rewrites`, one statement per column (a data-modifying
+ * CTE always runs); each one's row count is the values it rewrote.
  */
-export async function rewriteRule(db: Db, runId: string, rule: string, step: RewriteStep): Promise<number> {
+export function rewriteStatements(rule: string, step: RewriteStep): RuleStatement[] {
   const table = qualified(step.table.schema, step.table.name);
-  let total = 0;
+  const source = literal(tableKey(step.table));
+  const { key } = step;
+  return step.columns.map((c) => {
+    const partial = key
+      ? `jsonb_build_object(${[...key, c.column].map((k) => `${literal(k)}, t.${ident(k)}`).join(', ')})`
+      : `(SELECT jsonb_object_agg(k.col, to_jsonb(t) -> k.col) FROM unnest(pk.cols || ${literal(c.column)}::text) k(col))`;
+    const keyCte = key
+      ? ''
+      : `pk AS (SELECT array_agg(a.attname::text ORDER BY x.n) AS cols FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY x(attnum, n)
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = x.attnum WHERE i.indrelid = to_regclass(${literal(table)}) AND i.indisprimary),\n     `;
+    const keyColumns = key ? `ARRAY[${key.map(literal).join(', ')}]::text[]` : 'pk.cols';
+    const sql = `WITH ${keyCte}old AS (SELECT t.ctid AS c, ${partial} AS row FROM ${table} t${key ? '' : ', pk'} WHERE ${c.where}),
+     changed AS (UPDATE ${table} t SET ${ident(c.column)} = ${c.set} FROM old WHERE t.ctid = old.c RETURNING 1)
+INSERT INTO ${REWRITES} (run_id, rule, reason, source_table, column_name, key_columns, row, column_type)
+SELECT ${RUN_ID}, ${literal(rule)}, ${literal(step.reason)}, ${source}, ${literal(c.column)}, ${keyColumns}, old.row, ${columnType(source, literal(c.column))} FROM old${key ? '' : ', pk'}`;
+    return { kind: 'rewrite' as const, table: tableKey(step.table), sql };
+  });
+}
+
+/** The figures of statements that ran: rows moved per source table, values rewritten. */
+export interface RuleFigures {
+  /** Rows moved to quarantine, by `schema.table`. */
+  moved: Record<string, number>;
+  /** Values rewritten in place (detached references not counted). */
+  rewritten: number;
+}
+
+/** Runs a rule's statements, exactly as planned, in one transaction on `db` with the run id set for them. */
+export async function runRuleStatements(db: Db, runId: string, statements: readonly RuleStatement[]): Promise<RuleFigures> {
+  const figures: RuleFigures = { moved: {}, rewritten: 0 };
   await withTransaction(db, async () => {
-    for (const c of step.columns) {
-      const partial = `jsonb_build_object(${[...step.key, c.column].map((k) => `${literal(k)}, t.${ident(k)}`).join(', ')})`;
-      const sql = `WITH old AS (SELECT t.ctid AS c, ${partial} AS row FROM ${table} t WHERE ${c.where}),
-          changed AS (UPDATE ${table} t SET ${ident(c.column)} = ${c.set} FROM old WHERE t.ctid = old.c RETURNING 1)
-        INSERT INTO ${REWRITES} (run_id, rule, reason, source_table, column_name, key_columns, row, column_type)
-        SELECT $1, $2, $3, $4, $5, $6, old.row, ${COLUMN_TYPE} FROM old`;
-      const res = await query(db, sql, [runId, rule, step.reason, tableKey(step.table), c.column, step.key], { sql });
-      total += res.rowCount ?? 0;
+    // is_local: the setting ends with this transaction.
+    await query(db, 'SELECT set_config($1, $2, true)', [RUN_ID_SETTING, runId]);
+    for (const s of statements) {
+      const n = (await query(db, s.sql, [], { sql: s.sql })).rowCount ?? 0;
+      if (s.kind === 'move') figures.moved[s.table] = (figures.moved[s.table] ?? 0) + n;
+      if (s.kind === 'rewrite') figures.rewritten += n;
     }
   });
-  return total;
+  return figures;
 }
 
 /** One group of values rewritten in place. */
@@ -211,7 +266,7 @@ async function restoreRewrites(db: Db, rule: string | undefined): Promise<Record
     }
     const retyped = await query<{ was: string; now: string | null }>(
       db,
-      `SELECT DISTINCT r.column_type AS was, ${COLUMN_TYPE.replaceAll('$4', '$1').replaceAll('$5', '$2')} AS now FROM ${REWRITES} r
+      `SELECT DISTINCT r.column_type AS was, ${columnType('$1', '$2')} AS now FROM ${REWRITES} r
         WHERE r.source_table = $1 AND r.column_name = $2 AND r.column_type IS NOT NULL AND ($3::text IS NULL OR r.rule = $3)`,
       [g.table, g.column, rule ?? null],
     );

@@ -1,13 +1,13 @@
 // Runs in-place units on blue: every statement under lock_timeout, a lock timeout (or deadlock,
-// or serialization failure) retried with backoff a bounded number of times, a failed concurrent
-// index build's INVALID index dropped before the retry, and each transactional unit's journal row
-// written inside the unit's own transaction, so a crash never runs a unit twice.
+// or serialization failure) retried with backoff a bounded number of times (src/retry.ts), a failed
+// concurrent index build's INVALID index dropped before the retry, and each transactional unit's
+// journal row written inside the unit's own transaction, so a crash never runs a unit twice. The
+// runner (src/run-step.ts) starts each unit, calls the drill hooks and journals it done afterwards.
 
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Db } from '../db/connect.ts';
 import { qualified, type TableRef } from '../db/sql.ts';
-import type { UnitHooks } from '../drill.ts';
 import { batchSql, type Unit } from '../lint/rewrite.ts';
+import { RetriesExhausted, withRetry, type RetryPolicy } from '../retry.ts';
 import type { Journal } from '../state/journal.ts';
 
 /** How in-place statements run (config `inPlace`). */
@@ -39,20 +39,29 @@ export interface RetryStats {
   retries: number;
 }
 
+/** The retry policy of in-place units: `retries` after the first try, jittered backoff from 50 ms, capped at 2 s. */
+function inPlaceRetryPolicy(settings: InPlaceSettings): RetryPolicy {
+  return { attempts: settings.retries + 1, baseDelayMs: BACKOFF_BASE_MS, maxDelayMs: BACKOFF_CAP_MS, jitter: true };
+}
+
 /** Runs `fn`; on a retryable SQLSTATE waits (exponential backoff with jitter) and tries again, at most `retries` times. */
 export async function withRetries<T>(settings: InPlaceSettings, stats: RetryStats, note: (text: string) => void, fn: () => Promise<T>): Promise<T> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return await fn();
-    } catch (err) {
-      const code = sqlstate(err);
-      if (!code || !RETRYABLE.has(code) || attempt >= settings.retries) throw err;
-      stats.retries++;
-      // Backoff is the point here (give the blocking transaction time to finish), not a wait for an event.
-      const wait = Math.round(Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt) * (0.5 + Math.random() / 2));
-      note(`SQLSTATE ${code}; retry ${attempt + 1}/${settings.retries} in ${wait} ms`);
-      await sleep(wait);
-    }
+  try {
+    // Backoff is the point here (give the blocking transaction time to finish), not a wait for an event.
+    return await withRetry(
+      inPlaceRetryPolicy(settings),
+      {
+        retryable: (err) => RETRYABLE.has(sqlstate(err) ?? ''),
+        onRetry: ({ attempt, waitMs, error }) => {
+          stats.retries++;
+          note(`SQLSTATE ${sqlstate(error)}; retry ${attempt}/${settings.retries} in ${waitMs} ms`);
+        },
+      },
+      fn,
+    );
+  } catch (err) {
+    // Out of tries: the last failure itself is what the operator must see (its SQLSTATE, its statement).
+    throw err instanceof RetriesExhausted ? err.last : err;
   }
 }
 
@@ -89,7 +98,7 @@ export interface UnitContext {
   db: Db;
   /** The run's journal. */
   journal: Journal;
-  /** Journal unit key. */
+  /** Journal unit key (the action id). */
   key: string;
   /** The migration's isolation for transactional units. */
   isolation: 'serializable' | 'default';
@@ -99,29 +108,36 @@ export interface UnitContext {
   stats: RetryStats;
   /** Progress line. */
   note: (text: string) => void;
-  /** Finished units of the step (for the batched cursor). */
-  done: Map<string, Record<string, unknown>>;
-  /** Crash-drill hooks around the unit. */
-  hooks?: UnitHooks;
+  /** Finished units of the step, journalled ones included (for the batched cursor). */
+  done: ReadonlyMap<string, Record<string, unknown>>;
 }
 
-/** Runs one unit (the caller skips units already done and writes `start`). */
-export async function runUnit(u: Unit, c: UnitContext): Promise<void> {
-  await c.hooks?.beforeUnit?.(IN_PLACE_STEP, c.key);
+/**
+ * Runs one unit: exactly the statements of `unitSql(u)` (a transactional unit's statements one by one
+ * in one transaction; a batched unit as its batches). The runner skips units already done, writes
+ * `start` and journals the unit done after it; a transactional unit (and a batched one's last batch)
+ * also journals itself done inside its own transaction, so a crash after the COMMIT never runs it
+ * again, and the runner's later finish is an upsert of the same row with the full detail. Returns the
+ * unit's figures for that detail.
+ */
+export async function runUnit(u: Unit, c: UnitContext): Promise<Record<string, unknown>> {
   if (u.mode === 'tx') {
+    const figures = { statements: u.sql.length };
     await withRetries(c.settings, c.stats, c.note, () =>
       inTransaction(c.db, c.isolation, c.settings, async () => {
         for (const sql of u.sql) await c.db.query(sql);
-        await c.journal.finish(IN_PLACE_STEP, c.key, { statements: u.sql.length });
+        await c.journal.finish(IN_PLACE_STEP, c.key, figures);
       }),
     );
-  } else if (u.mode === 'outside') {
-    await runOutside(u, c);
-    await c.journal.finish(IN_PLACE_STEP, c.key, { statements: 1 });
-  } else {
-    await runBatched(u, c);
+    return figures;
   }
-  await c.hooks?.afterUnit?.(IN_PLACE_STEP, c.key);
+  if (u.mode === 'outside') {
+    // Outside a transaction nothing can commit with the journal row: the runner journals it next, and a
+    // crash in between reruns it (a finished index build is then found and kept).
+    await runOutside(u, c);
+    return { statements: 1 };
+  }
+  return runBatched(u, c);
 }
 
 async function runOutside(u: Extract<Unit, { mode: 'outside' }>, c: UnitContext): Promise<void> {
@@ -158,17 +174,18 @@ async function primaryKey(db: Db, table: TableRef): Promise<string[]> {
   return rows.map((r) => r.a);
 }
 
-async function runBatched(u: Extract<Unit, { mode: 'batched' }>, c: UnitContext): Promise<void> {
+async function runBatched(u: Extract<Unit, { mode: 'batched' }>, c: UnitContext): Promise<Record<string, unknown>> {
   const pk = await primaryKey(c.db, u.table);
   if (!pk.length) {
     c.note(`${u.table.name} has no primary key: the UPDATE runs as written`);
+    const figures = { batches: 1 };
     await withRetries(c.settings, c.stats, c.note, () =>
       inTransaction(c.db, 'default', c.settings, async () => {
         await c.db.query(`${u.head} ${u.set}`);
-        await c.journal.finish(IN_PLACE_STEP, c.key, { batches: 1 });
+        await c.journal.finish(IN_PLACE_STEP, c.key, figures);
       }),
     );
-    return;
+    return figures;
   }
   const cursorKey = `${c.key}:cursor`;
   let state = (c.done.get(cursorKey) ?? { last: null, rows: 0, batches: 0 }) as { last: unknown[] | null; rows: number; batches: number };
@@ -181,12 +198,13 @@ async function runBatched(u: Extract<Unit, { mode: 'batched' }>, c: UnitContext)
         const { rows } = await c.db.query<{ n: number; last: unknown[] | null }>(sql, state.last?.map((v) => (v === null ? null : String(v))) ?? []);
         n = rows[0]?.n ?? 0;
         next = n ? { last: rows[0]!.last, rows: state.rows + n, batches: state.batches + 1 } : state;
-        // The cursor commits with the batch: a crash resumes after the last committed batch.
+        // The cursor commits with the batch: a crash resumes after the last committed batch. The empty
+        // batch at the end journals the unit itself done in the same way.
         await c.journal.finish(IN_PLACE_STEP, n ? cursorKey : c.key, next);
       }),
     );
     state = next;
-    if (!n) return;
+    if (!n) return state;
     c.note(`${u.table.name}: ${state.rows} row(s) backfilled in ${state.batches} batch(es)`);
   }
 }

@@ -5,10 +5,11 @@
 // v4 envelope `{success, errors, messages, result}`. Pulled bodies are decoded by their
 // `CF-Content-Type` (wire.ts): the router sends `json`, which arrives base64-encoded. A paused queue
 // answers a pull with 409 `queue_delivery_paused`, its own error; 429 and 5xx are retried with a
-// bounded exponential backoff that honours `Retry-After`.
+// bounded exponential backoff that honours `Retry-After` (src/retry.ts).
 
 import { OperatorError, ExitCode } from '../errors.ts';
 import { redact } from '../db/redact.ts';
+import { RetriesExhausted, withRetry, type RetryPolicy } from '../retry.ts';
 import {
   MAX_PULL_BATCH,
   QueueDeliveryPausedError,
@@ -24,17 +25,7 @@ import { decodePulledBody } from './wire.ts';
 /** The public API base. */
 export const CLOUDFLARE_API = 'https://api.cloudflare.com/client/v4';
 
-/** How often and how long to retry a call the API answered with 429 or 5xx (or that never reached it). */
-export interface RetryPolicy {
-  /** Tries in all, the first included. */
-  attempts: number;
-  /** Wait before the second try; doubles for each further one. */
-  baseDelayMs: number;
-  /** No single wait is longer: a `Retry-After` above it ends the retries at once. */
-  maxDelayMs: number;
-}
-
-/** Five tries over about 7.5 s, no wait above 30 s. */
+/** Five tries over about 7.5 s, no wait above 30 s (a `Retry-After` above it ends the retries at once). */
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 5, baseDelayMs: 500, maxDelayMs: 30_000 };
 
 /** Where the queue lives and how to authenticate (the token is a resolved secret, never printed). */
@@ -86,6 +77,17 @@ interface RawConsumer {
 
 type Verb = 'pull' | 'ack' | 'describe' | 'consumers';
 
+/** One try the API did not answer usefully: HTTP 429 or 5xx (`status`), or no answer at all (`status` null). */
+class Unanswered extends Error {
+  constructor(
+    readonly status: number | null,
+    readonly reason: unknown,
+    readonly retryAfterMs?: number,
+  ) {
+    super(status === null ? 'no answer' : `HTTP ${status}`);
+  }
+}
+
 /** `Retry-After` in ms: delta-seconds or an HTTP date (RFC 9110 10.2.3); undefined when absent or unreadable. */
 export function retryAfterMs(header: string | null, now = Date.now()): number | undefined {
   if (!header) return undefined;
@@ -100,12 +102,12 @@ const str = (v: unknown): string | undefined => (typeof v === 'string' && v !== 
 export class HttpQueue implements RevocationQueue {
   private readonly queueUrl: string;
   private readonly retry: RetryPolicy;
-  private readonly sleep: (ms: number) => Promise<void>;
+  private readonly sleep: ((ms: number) => Promise<void>) | undefined;
 
   constructor(private readonly opts: HttpQueueOptions) {
     this.queueUrl = `${(opts.baseUrl ?? CLOUDFLARE_API).replace(/\/$/, '')}/accounts/${encodeURIComponent(opts.accountId)}/queues/${encodeURIComponent(opts.queueId)}`;
     this.retry = { ...DEFAULT_RETRY, ...opts.retry };
-    this.sleep = opts.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
+    this.sleep = opts.sleep;
   }
 
   /** Pulls a batch under a lease of `visibilityTimeoutMs`; a body that does not decode is marked `undecodable`, never thrown. */
@@ -155,42 +157,45 @@ export class HttpQueue implements RevocationQueue {
     });
   }
 
-  private backoff(attempt: number): number {
-    return Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 1));
+  private async call(verb: Verb, method: 'GET' | 'POST', path: string, body?: unknown): Promise<unknown> {
+    let res: Response;
+    try {
+      res = await withRetry(this.retry, { retryable: (err) => err instanceof Unanswered && (err.retryAfterMs === undefined ? true : { afterMs: err.retryAfterMs }), sleep: this.sleep }, async () => {
+        let answer: Response;
+        try {
+          answer = await fetch(`${this.queueUrl}${path}`, {
+            method,
+            headers: { authorization: `Bearer ${this.opts.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+            ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+          });
+        } catch (err) {
+          throw new Unanswered(null, err);
+        }
+        if (answer.status === 429 || answer.status >= 500) {
+          await answer.body?.cancel().catch(() => undefined);
+          throw new Unanswered(answer.status, null, retryAfterMs(answer.headers.get('retry-after')));
+        }
+        return answer;
+      });
+    } catch (err) {
+      if (!(err instanceof RetriesExhausted) || !(err.last instanceof Unanswered)) throw err;
+      throw this.gaveUp(verb, err.last, err.attempts, err.askedWaitMs);
+    }
+    return this.result(verb, res);
   }
 
-  private async call(verb: Verb, method: 'GET' | 'POST', path: string, body?: unknown): Promise<unknown> {
-    for (let attempt = 1; ; attempt++) {
-      const last = attempt >= this.retry.attempts;
-      let res: Response;
-      try {
-        res = await fetch(`${this.queueUrl}${path}`, {
-          method,
-          headers: { authorization: `Bearer ${this.opts.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        });
-      } catch (err) {
-        if (!last) {
-          await this.sleep(this.backoff(attempt));
-          continue;
-        }
-        throw new QueueApiError(`cannot reach the Queues API for ${verb} (${attempt} tries): ${redact(String((err as Error).message))}`, 'check network access to api.cloudflare.com (or queue.baseUrl), then rerun `migrate drain`; it resumes where it stopped', { verb, attempts: attempt });
-      }
-      if (res.status === 429 || res.status >= 500) {
-        await res.body?.cancel().catch(() => undefined);
-        const wait = Math.max(retryAfterMs(res.headers.get('retry-after')) ?? 0, this.backoff(attempt));
-        if (!last && wait <= this.retry.maxDelayMs) {
-          await this.sleep(wait);
-          continue;
-        }
-        throw new QueueApiError(
-          `the Queues API answered HTTP ${res.status} to ${verb} ${attempt} time(s)${wait > this.retry.maxDelayMs ? ` and asked to wait ${Math.round(wait / 1000)} s` : ''}`,
-          res.status === 429 ? 'the account is over the Queues API rate limit (shared by every pull consumer): wait, then rerun `migrate drain`; it resumes where it stopped' : 'the Queues API is failing: check https://www.cloudflarestatus.com, then rerun `migrate drain`; it resumes where it stopped',
-          { verb, status: res.status, attempts: attempt },
-        );
-      }
-      return this.result(verb, res);
+  /** The error of a call that ran out of tries, or whose `Retry-After` asked for more than the longest wait. */
+  private gaveUp(verb: Verb, failure: Unanswered, attempts: number, askedWaitMs: number | undefined): QueueApiError {
+    if (failure.status === null) {
+      return new QueueApiError(`cannot reach the Queues API for ${verb} (${attempts} tries): ${redact(String((failure.reason as Error).message))}`, 'check network access to api.cloudflare.com (or queue.baseUrl), then rerun `migrate drain`; it resumes where it stopped', { verb, attempts });
     }
+    // On the last try the policy stops before it looks at Retry-After; the message still says it asked for too long.
+    const asked = askedWaitMs ?? (failure.retryAfterMs !== undefined && failure.retryAfterMs > this.retry.maxDelayMs ? failure.retryAfterMs : undefined);
+    return new QueueApiError(
+      `the Queues API answered HTTP ${failure.status} to ${verb} ${attempts} time(s)${asked !== undefined ? ` and asked to wait ${Math.round(asked / 1000)} s` : ''}`,
+      failure.status === 429 ? 'the account is over the Queues API rate limit (shared by every pull consumer): wait, then rerun `migrate drain`; it resumes where it stopped' : 'the Queues API is failing: check https://www.cloudflarestatus.com, then rerun `migrate drain`; it resumes where it stopped',
+      { verb, status: failure.status, attempts },
+    );
   }
 
   private async result(verb: Verb, res: Response): Promise<unknown> {

@@ -7,6 +7,7 @@
 import type { RevocationBody } from '../queue-consumer/message.ts';
 import { ident } from '../db/sql.ts';
 import { HYDRA_REPLAY } from '../engines/hydra/replay.ts';
+import { RetriesExhausted, withRetry, type RetryPolicy } from '../retry.ts';
 import type { ProfileSemantics, RemoveAction, ReplayProfile, TokenKindSemantics, TokenTableSemantics } from '../engines/types.ts';
 
 /** Which schema shape the target has (`<engine>-<version>`), and the semantics types, as the engines declare them. */
@@ -229,6 +230,10 @@ function isMissingState(err: unknown): boolean {
 /** Deadlock and serialization failure: the transaction lost a race and can simply run again. */
 const CONFLICT_CODES = new Set(['40P01', '40001']);
 const MAX_CONFLICT_RETRIES = 5;
+/** Up to five retries of a batch that lost a race, after 20, 40, 80, 160 and 320 ms. */
+const CONFLICT_RETRY: RetryPolicy = { attempts: MAX_CONFLICT_RETRIES + 1, baseDelayMs: 20, maxDelayMs: 20 * 2 ** (MAX_CONFLICT_RETRIES - 1) };
+/** The timer both runtimes have (workerd and Node), so replay imports nothing Node-only. */
+const pause = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Errors of a CREATE ... IF NOT EXISTS that lost a race to an identical create. */
 const CREATED_CONCURRENTLY = new Set(['23505', '42710', '42P06', '42P07']);
@@ -260,49 +265,53 @@ export async function applyPreparedBatch(db: SqlClient, batch: PreparedBatch, al
   }
   const ids = batch.ordered.map((e) => e.id);
   let sideWork: Promise<void> | undefined;
-  try {
-    for (let attempt = 0; ; attempt++) {
-      await db.query('BEGIN');
-      try {
-        await db.query('SAVEPOINT claim');
-        const claimAll = db.query(CLAIM_ALL_SQL, [ids]).then(() => null, (err: unknown) => err);
-        sideWork ??= alongside?.();
-        const claimError = await claimAll;
-        let todo = batch.ordered;
-        let statements = batch.statements;
-        if (claimError) {
-          if ((claimError as { code?: string }).code !== '23505') throw claimError;
-          await db.query('ROLLBACK TO SAVEPOINT claim');
-          const fresh = new Set((await db.query(CLAIM_NEW_SQL, [ids])).rows.map((r: { event_id: string }) => r.event_id));
-          todo = batch.ordered.filter((e) => fresh.has(e.id));
-          statements = statementsFor(batch.profile, todo);
-        }
-        if (statements.consent) await db.query(statements.consent.sql, statements.consent.params);
-        if (statements.tokens) {
-          // Every token key is an index probe (signature and request_id are indexed in every profile); a
-          // hash join would read a whole token table per batch, which the planner picks whenever a table
-          // looks small next to the batch, as green does right after the copy. Only this statement: the
-          // consent statement above may join on an unindexed subject column.
-          await db.query("SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)");
-          await db.query(statements.tokens.sql, statements.tokens.params);
-        }
-        await db.query('COMMIT');
-        return { applied: todo.length, duplicates: batch.received - todo.length };
-      } catch (err) {
-        await db.query('ROLLBACK').catch(() => undefined);
-        if (attempt === 0 && isMissingState(err)) {
-          await createIfMissing(db, ENSURE_REPLAYED);
-          continue;
-        }
-        // Another writer (the consumer Worker while `migrate drain` runs, or the live engine) locked the
-        // same rows in the other order: every effect is a removal, so running the batch again is safe.
-        if (attempt < MAX_CONFLICT_RETRIES && CONFLICT_CODES.has((err as { code?: string }).code ?? '')) {
-          await new Promise((resolve) => setTimeout(resolve, 20 * 2 ** attempt));
-          continue;
-        }
-        throw err;
+  const once = async (): Promise<ReplayResult> => {
+    await db.query('BEGIN');
+    try {
+      await db.query('SAVEPOINT claim');
+      const claimAll = db.query(CLAIM_ALL_SQL, [ids]).then(() => null, (err: unknown) => err);
+      sideWork ??= alongside?.();
+      const claimError = await claimAll;
+      let todo = batch.ordered;
+      let statements = batch.statements;
+      if (claimError) {
+        if ((claimError as { code?: string }).code !== '23505') throw claimError;
+        await db.query('ROLLBACK TO SAVEPOINT claim');
+        const fresh = new Set((await db.query(CLAIM_NEW_SQL, [ids])).rows.map((r: { event_id: string }) => r.event_id));
+        todo = batch.ordered.filter((e) => fresh.has(e.id));
+        statements = statementsFor(batch.profile, todo);
       }
+      if (statements.consent) await db.query(statements.consent.sql, statements.consent.params);
+      if (statements.tokens) {
+        // Every token key is an index probe (signature and request_id are indexed in every profile); a
+        // hash join would read a whole token table per batch, which the planner picks whenever a table
+        // looks small next to the batch, as green does right after the copy. Only this statement: the
+        // consent statement above may join on an unindexed subject column.
+        await db.query("SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)");
+        await db.query(statements.tokens.sql, statements.tokens.params);
+      }
+      await db.query('COMMIT');
+      return { applied: todo.length, duplicates: batch.received - todo.length };
+    } catch (err) {
+      await db.query('ROLLBACK').catch(() => undefined);
+      throw err;
     }
+  };
+  try {
+    // Another writer (the consumer Worker while `migrate drain` runs, or the live engine) locked the
+    // same rows in the other order: every effect is a removal, so running the batch again is safe.
+    return await withRetry(CONFLICT_RETRY, { retryable: (err) => CONFLICT_CODES.has((err as { code?: string }).code ?? ''), sleep: pause }, async (attempt) => {
+      try {
+        return await once();
+      } catch (err) {
+        // The first batch on a target without the dedup table creates it and runs again at once.
+        if (attempt > 1 || !isMissingState(err)) throw err;
+        await createIfMissing(db, ENSURE_REPLAYED);
+        return once();
+      }
+    });
+  } catch (err) {
+    throw err instanceof RetriesExhausted ? err.last : err;
   } finally {
     await sideWork?.catch(() => undefined); // its failures are the caller's to report
   }

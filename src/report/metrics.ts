@@ -60,7 +60,8 @@ export async function collectMetrics(ctx: Pick<StepContext, 'journal' | 'green'>
   const base = rows.find((r) => r.step === BASELINE.step && r.unit === BASELINE.unit)?.detail as DbStats | undefined;
   const green = base ? delta(await dbStats(ctx.green), base) : null;
   const steps = rows
-    .filter((r) => r.unit === '' && r.finished_at)
+    // Earlier cutover attempts (filed away as `<step>#<n>`) are history, not this run's timing.
+    .filter((r) => r.unit === '' && r.finished_at && !r.step.includes('#'))
     .map((r) => ({ name: r.step, ms: new Date(r.finished_at!).getTime() - new Date(r.started_at).getTime() }));
   const names = new Set([...(probes.probesBefore ?? []), ...(probes.probesAfter ?? [])].map((p) => p.name));
   const probeRows = [...names].map((name) => ({

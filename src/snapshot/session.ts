@@ -5,7 +5,7 @@
 import { connect, query, toPostgresError, type Db } from '../db/connect.ts';
 import { literal } from '../db/sql.ts';
 import { StateError } from '../errors.ts';
-import type { StepContext } from '../steps/step.ts';
+import type { Lane, StepContext } from '../steps/step.ts';
 import { STABLE_OUTPUT } from './check.ts';
 
 const DUPLICATE_OBJECT = new Set(['42P07', '42710', '42P16']);
@@ -41,6 +41,17 @@ export async function openGreenWorker(dsn: string): Promise<Db> {
   const db = await connect('green', dsn, 'migrate-copy-worker');
   for (const s of GREEN_WORKER_SETTINGS) await query(db, s, [], { side: 'green' });
   return db;
+}
+
+/** A lane of the copy: a green worker; its blue connection is imported into the snapshot when a unit first needs it. */
+export async function openCopyLane(greenDsn: string): Promise<Lane> {
+  return { green: await openGreenWorker(greenDsn), blue: null };
+}
+
+/** Ends a lane's connections. */
+export async function closeCopyLane(lane: Lane): Promise<void> {
+  await lane.blue?.end().catch(() => {});
+  await lane.green.end().catch(() => {});
 }
 
 /** True when an exported snapshot can still be imported (its exporting transaction is alive). */
@@ -97,22 +108,44 @@ export async function exportSnapshot(ctx: StepContext, copiedAny: boolean): Prom
   };
 }
 
-/** Runs one post-data statement; foreign keys go in NOT VALID, then VALIDATE (violations are left to cleanup). */
-export async function runPostData(green: Db, sql: string, foreignKey: boolean): Promise<Record<string, unknown>> {
-  const statement = foreignKey && !/\bNOT VALID\s*$/i.test(sql) ? `${sql} NOT VALID` : sql;
+/** Runs one post-data statement on green; an object a crashed attempt already committed counts as done. */
+export async function runPostData(green: Db, sql: string): Promise<void> {
   try {
-    await green.query(statement);
+    await green.query(sql);
   } catch (err) {
-    if (!DUPLICATE_OBJECT.has((err as { code?: string }).code ?? '')) throw toPostgresError(err, { sql: statement, side: 'green' });
+    if (!DUPLICATE_OBJECT.has((err as { code?: string }).code ?? '')) throw toPostgresError(err, { sql, side: 'green' });
   }
-  if (!foreignKey) return {};
+}
+
+/** The statements that add one foreign key: ADD ... NOT VALID, then VALIDATE (null when the constraint cannot be named). */
+export interface ForeignKeyStatements {
+  /** pg_dump's ADD CONSTRAINT ... FOREIGN KEY, NOT VALID. */
+  add: string;
+  /** ALTER TABLE ... VALIDATE CONSTRAINT. */
+  validate: string | null;
+}
+
+/** Splits pg_dump's foreign key into a NOT VALID add and a VALIDATE, so a violation leaves it in place for cleanup. */
+export function foreignKeyStatements(sql: string): ForeignKeyStatements {
+  const add = /\bNOT VALID\s*$/i.test(sql) ? sql : `${sql} NOT VALID`;
   const m = /^ALTER TABLE (?:ONLY )?(.+?)\s+ADD CONSTRAINT (\S+) FOREIGN KEY/is.exec(sql);
-  if (!m) return { validated: false };
+  return { add, validate: m ? `ALTER TABLE ${m[1]} VALIDATE CONSTRAINT ${m[2]}` : null };
+}
+
+/** The SQL text of a foreign key's statements, as the plan shows it and the journal records it. */
+export function foreignKeySql(fk: ForeignKeyStatements): string {
+  return fk.validate ? `${fk.add};\n${fk.validate}` : fk.add;
+}
+
+/** Adds a foreign key NOT VALID, then validates it; a violation is reported, not thrown (cleanup deals with it). */
+export async function addForeignKey(green: Db, fk: ForeignKeyStatements): Promise<{ validated: boolean; violation?: string }> {
+  await runPostData(green, fk.add);
+  if (!fk.validate) return { validated: false };
   try {
-    await green.query(`ALTER TABLE ${m[1]} VALIDATE CONSTRAINT ${m[2]}`);
+    await green.query(fk.validate);
     return { validated: true };
   } catch (err) {
     if ((err as { code?: string }).code === '23503') return { validated: false, violation: (err as Error).message };
-    throw toPostgresError(err, { side: 'green' });
+    throw toPostgresError(err, { sql: fk.validate, side: 'green' });
   }
 }

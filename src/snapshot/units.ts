@@ -1,15 +1,16 @@
-// The snapshot's units and their order, computed once by `plan()` and executed as given by `run()`:
-// pre-data; per table its data (whole, or PK ranges for a large table); as soon as a table's data is
-// in, its indexes (PRIMARY KEY / UNIQUE as CREATE UNIQUE INDEX, then ADD CONSTRAINT ... USING INDEX);
-// foreign keys once both sides are loaded and indexed; ANALYZE per table; sequences; verification.
+// The snapshot's units and their order, computed once by `plan()` and executed by the runner as
+// given: pre-data; per table its data (whole, or PK ranges for a large table); as soon as a table's
+// data is in, its indexes (PRIMARY KEY / UNIQUE as CREATE UNIQUE INDEX, then ADD CONSTRAINT ... USING
+// INDEX); foreign keys once both sides are loaded and indexed; ANALYZE per table; sequences;
+// verification; green marked loaded.
 
 import type { TableInfo } from '../db/catalog.ts';
 import type { DumpStatement } from '../db/dump.ts';
-import { ident, qualified, tableKey } from '../db/sql.ts';
+import { ident, literal, qualified, tableKey } from '../db/sql.ts';
 import type { Action } from '../steps/step.ts';
 
-/** What a unit does; decides how `run()` executes it. */
-export type UnitKind = 'pre-data' | 'ranges' | 'data' | 'post' | 'foreign-key' | 'other' | 'sequences' | 'analyze' | 'verify';
+/** What a unit does; decides which `execute` the step gives it. */
+export type UnitKind = 'pre-data' | 'ranges' | 'data' | 'post' | 'foreign-key' | 'other' | 'sequences' | 'analyze' | 'verify' | 'mark-loaded';
 
 /** Scheduling facts carried on each snapshot action (and shown by `migrate plan --json`). */
 export type UnitFacts = {
@@ -38,6 +39,8 @@ export const dataUnit = (t: { schema: string; name: string }): string => `data:$
 export const rangeUnit = (t: { schema: string; name: string }, i: number, n: number): string => `data:${tableKey(t)}:${i}/${n}`;
 /** Journal unit that fixes a split table's PK boundaries (inside the snapshot) and empties it on green. */
 export const rangesUnit = (t: { schema: string; name: string }): string => `ranges:${tableKey(t)}`;
+/** True for the journal unit of a table's data, whole or one PK range. */
+export const isDataUnit = (id: string): boolean => id.startsWith('data:');
 
 const MiB = 1048576;
 
@@ -65,13 +68,25 @@ export interface PlanInput {
   splitBytes: number;
   /** Units already done in this run: a table keeps the split it was started with. */
   done: ReadonlyMap<string, Record<string, unknown>>;
+  /** Blue's own `autovacuum_enabled` reloption per `schema.table`, for the tables that set one. */
+  autovacuum: ReadonlyMap<string, string>;
+}
+
+/**
+ * What a table's analyze unit runs: pre-data turned autovacuum off on every table (it would race
+ * the index builds for locks), so blue's own setting comes back first, then ANALYZE.
+ */
+function analyzeSql(t: TableInfo, own: string | undefined): string {
+  const target = qualified(t.schema, t.name);
+  const restore = own === undefined ? `ALTER TABLE ONLY ${target} RESET (autovacuum_enabled)` : `ALTER TABLE ONLY ${target} SET (autovacuum_enabled = ${literal(own)})`;
+  return `${restore};\nANALYZE ${target}`;
 }
 
 /** Every unit of the snapshot step, in a readable order, each with its dependencies. */
 export function planUnits(input: PlanInput): UnitAction[] {
   const out: UnitAction[] = [];
   const add = (id: string, sentence: string, side: Action['side'], facts: UnitFacts, sql?: string): void => {
-    out.push({ id, sentence, side, facts, ...(sql ? { sql } : {}) });
+    out.push({ id, sentence, side, facts, after: facts.after, priority: facts.priority, ...(sql ? { sql } : {}) });
   };
   add('pre-data', 'create schemas, tables and types on green from pg_dump --section=pre-data', 'green', { unit: 'pre-data', after: [], priority: Number.MAX_SAFE_INTEGER });
 
@@ -131,8 +146,10 @@ export function planUnits(input: PlanInput): UnitAction[] {
   add('sequences', "set every sequence on green to blue's value", 'both', { unit: 'sequences', after: ['pre-data'], priority: 0 });
   for (const t of input.tables) {
     const key = tableKey(t);
-    add(`analyze:${key}`, `ANALYZE ${key} on green`, 'green', { unit: 'analyze', table: key, after: [...dataOf(key), ...indexesOf(key), ...(fkIds.get(key) ?? [])], priority: -1 });
+    const after = [...dataOf(key), ...indexesOf(key), ...(fkIds.get(key) ?? [])];
+    add(`analyze:${key}`, `restore blue's autovacuum setting of ${key} and ANALYZE it on green`, 'green', { unit: 'analyze', table: key, after, priority: -1 }, analyzeSql(t, input.autovacuum.get(key)));
   }
   add('verify', 'compare per-table row counts and checksums taken inside the snapshot with green', 'both', { unit: 'verify', after: out.filter((a) => a.facts.unit !== 'pre-data').map((a) => a.id), priority: -2 });
+  add('mark-loaded', "mark green's copy as fully loaded", 'green', { unit: 'mark-loaded', after: ['verify'], priority: -3 });
   return out;
 }

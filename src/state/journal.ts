@@ -36,7 +36,8 @@ export interface JournalRow {
 
 /**
  * Takes the run lock for `command` (session-level, held until the connection closes) or fails at once
- * with LockHeldError (exit 3) naming the holder. The session is renamed `migrate <command>` first, so
+ * with LockHeldError (exit 3) naming the holder (advisory locks are per database: the holder is looked
+ * up in blue's database only, never a run against another database on the same server). The session is renamed `migrate <command>` first, so
  * the next command refused can say who holds it.
  */
 export async function acquireRunLock(blue: Db, command = 'apply'): Promise<void> {
@@ -46,7 +47,8 @@ export async function acquireRunLock(blue: Db, command = 'apply'): Promise<void>
     blue,
     `SELECT l.pid, coalesce(a.application_name, '') AS application, to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS since, host(a.client_addr) AS client
        FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-      WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 2 AND l.granted LIMIT 1`,
+      WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 2 AND l.granted
+        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1`,
     [...LOCK_KEY],
   );
   throw new LockHeldError(command, holder.rows[0] ?? null);
@@ -212,7 +214,7 @@ export class Journal {
 
   /**
    * Re-opens a finished step and the named finished units of it (`--resume` after their inputs
-   * changed): they are no longer done, so the runner and unitOnce run them again. Their old detail
+   * changed): they are no longer done, so the runner runs them again. Their old detail
    * (stamps included) stays until they finish again.
    */
   async reopen(step: string, units: readonly string[]): Promise<void> {
@@ -222,6 +224,14 @@ export class Journal {
         WHERE run_id = $1 AND step = $2 AND status = 'done' AND (unit = '' OR unit = ANY ($3::text[]))`,
       [this.runId, step, [...units]],
     );
+  }
+
+  /**
+   * Files the rows of `steps` away as attempt `attempt` (step `cutover` becomes `cutover#1`), so the
+   * steps run afresh; nothing is deleted, and `migrate status` still lists the earlier attempt.
+   */
+  async archive(steps: readonly string[], attempt: number): Promise<void> {
+    await query(this.blue, `UPDATE bluegreen.journal SET step = step || '#' || $3 WHERE run_id = $1 AND step = ANY ($2::text[])`, [this.runId, [...steps], String(attempt)]);
   }
 
   /** Records that a step or unit failed. */

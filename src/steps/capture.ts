@@ -4,12 +4,17 @@
 
 import fs from 'node:fs';
 import type { CaptureTable } from '../config/schema.ts';
-import { query, withTransaction, type Db } from '../db/connect.ts';
-import { ident, literal } from '../db/sql.ts';
-import { ConfigError, StateError, type ConfigIssue } from '../errors.ts';
-import { unitOnce, type Action, type Step } from './step.ts';
+import { query, type Db } from '../db/connect.ts';
+import { ident, literal, qualified } from '../db/sql.ts';
+import { ConfigError, StateError, type ConfigIssue, type Side } from '../errors.ts';
+import { runSqlActions } from '../run-step.ts';
+import type { Action, Step } from './step.ts';
 
 const CAPTURE_SQL = fs.readFileSync(new URL('../../sql/state/capture.sql', import.meta.url), 'utf8');
+/** Records when capture started (time, WAL LSN); a rerun keeps the first start. */
+const RECORD_START = 'INSERT INTO bluegreen.capture DEFAULT VALUES ON CONFLICT (capture_id) DO NOTHING';
+/** The capture function every capture trigger calls (sql/state/capture.sql). */
+const CAPTURE_FUNCTION = `${qualified('bluegreen', 'capture_revocation')}()`;
 
 /** Trigger names we own; the snapshot leaves them out of green. */
 export const CAPTURE_TRIGGERS = { delete: 'bluegreen_capture_delete', deactivate: 'bluegreen_capture_deactivate' } as const;
@@ -56,6 +61,42 @@ async function missingColumns(db: Db, t: CaptureTable): Promise<string[]> {
   return wanted.filter((c) => !have.has(c)).map((c) => `column ${c} does not exist`);
 }
 
+/**
+ * What rollback removes from blue, one action per object present (read-only): every trigger of ours
+ * (our names, or calling the capture function: the configured tables and any an earlier config
+ * left), then the capture function, then the capture start record, so a later capture starts anew.
+ * The state schema (journal, outbox rows) stays: `migrate finish` drops it last.
+ */
+export async function captureRollbackActions(db: Db, side: Side = 'blue'): Promise<Action[]> {
+  const triggers = await query<{ tgname: string; nspname: string; relname: string }>(
+    db,
+    `SELECT t.tgname, n.nspname, c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE NOT t.tgisinternal AND (t.tgname = ANY ($1::text[]) OR t.tgfoid = to_regprocedure($2))
+      ORDER BY n.nspname, c.relname, t.tgname`,
+    [Object.values(CAPTURE_TRIGGERS), 'bluegreen.capture_revocation()'],
+    { side },
+  );
+  const actions: Action[] = triggers.rows.map((r) => {
+    const object = `trigger ${r.tgname} ON ${r.nspname}.${r.relname}`;
+    return { id: `trigger:${r.tgname}:${r.nspname}.${r.relname}`, sentence: `remove ${object} from ${side}`, side, sql: `DROP TRIGGER IF EXISTS ${ident(r.tgname)} ON ${qualified(r.nspname, r.relname)}`, facts: { object } };
+  });
+  const state = await query<{ fn: boolean; started: boolean }>(
+    db,
+    `SELECT to_regprocedure('bluegreen.capture_revocation()') IS NOT NULL AS fn, to_regclass('bluegreen.capture') IS NOT NULL AS started`,
+    [],
+    { side },
+  );
+  if (state.rows[0]?.fn) {
+    const object = 'function bluegreen.capture_revocation()';
+    actions.push({ id: 'function:bluegreen.capture_revocation()', sentence: `remove ${object} from ${side}`, side, sql: `DROP FUNCTION IF EXISTS ${CAPTURE_FUNCTION}`, facts: { object } });
+  }
+  if (state.rows[0]?.started && (await query(db, 'SELECT 1 FROM bluegreen.capture', [], { side })).rowCount) {
+    const object = 'capture start record (bluegreen.capture)';
+    actions.push({ id: 'start:bluegreen.capture', sentence: `remove the ${object} from ${side}`, side, sql: 'DELETE FROM bluegreen.capture', facts: { object } });
+  }
+  return actions;
+}
+
 /** The capture step. */
 export const capture = {
   name: 'capture',
@@ -68,28 +109,23 @@ export const capture = {
     if (issues.length) throw new ConfigError(ctx.config.file, issues, 'fix capture.tables (or the profile) to name tables and columns that exist on blue');
   },
   async plan(ctx) {
-    const actions: Action[] = [{ id: 'outbox', sentence: 'install the outbox function and record the capture start (time, WAL LSN)', side: 'blue', sql: CAPTURE_SQL.trim() }];
+    const actions: Action[] = [{ id: 'outbox', sentence: 'install the outbox function and record the capture start (time, WAL LSN)', side: 'blue', sql: `${CAPTURE_SQL.trim()}\n${RECORD_START}` }];
     for (const t of ctx.config.captureTables) {
       actions.push({ id: `trigger:${t.table}`, sentence: `capture ${t.kind} revocations on ${t.table} (delete${t.activeColumn ? `, ${t.activeColumn} true->false` : ''})`, side: 'blue', sql: captureDdl(t).join(';\n') });
     }
     return actions;
   },
-  async run(ctx, actions) {
-    const done = await ctx.journal!.done('capture');
-    for (const action of actions) {
-      await unitOnce(ctx, 'capture', action.id, async () => {
-        await withTransaction(ctx.blue, async () => {
-          await query(ctx.blue, action.sql!, [], { side: 'blue', sql: action.sql! });
-          if (action.id === 'outbox') await query(ctx.blue, 'INSERT INTO bluegreen.capture DEFAULT VALUES ON CONFLICT (capture_id) DO NOTHING');
-        });
-        return {};
-      }, done);
-    }
+  async summarize(ctx) {
     const { rows } = await query<{ started_at: Date; start_lsn: string }>(ctx.blue, 'SELECT started_at, start_lsn::text FROM bluegreen.capture');
     return { tables: ctx.config.captureTables.length, startedAt: rows[0]?.started_at, startLsn: rows[0]?.start_lsn };
   },
   async verify(ctx) {
     const { rows } = await query<{ n: string }>(ctx.blue, `SELECT count(*) AS n FROM pg_trigger WHERE tgname = $1`, [CAPTURE_TRIGGERS.delete]);
     if (Number(rows[0]?.n) < ctx.config.captureTables.length) throw new StateError('capture triggers are missing on blue after install', 'check that no other tool drops triggers on blue, then rerun with --resume');
+  },
+  async rollback(ctx) {
+    const actions = await captureRollbackActions(ctx.blue);
+    await runSqlActions(ctx.blue, 'blue', actions);
+    return { removed: actions.map((a) => String(a.facts?.object)) };
   },
 } satisfies Step;

@@ -9,15 +9,15 @@ import type { CleanupRule } from '../config/schema.ts';
 import { listForeignKeys, listTables, type ForeignKey, type TableInfo } from '../db/catalog.ts';
 import { query, toPostgresError, type Db } from '../db/connect.ts';
 import { readMarker } from '../db/green.ts';
-import { installQuarantine, quarantineRule, rewriteRule, withEphemeralHelpers, type MoveStep } from '../db/quarantine.ts';
+import { moveStatements, QUARANTINE_SCHEMA, QUARANTINE_SETUP_SQL, rewriteStatements, runRuleStatements, withEphemeralHelpers, type MoveStep, type RuleStatement } from '../db/quarantine.ts';
 import { ident, qualified, tableKey, type TableRef } from '../db/sql.ts';
 import { accessChanges, type AccessChange } from '../engines/access.ts';
 import { explainChoices, tieBreakOrder, type TieChoice } from '../engines/tie-break.ts';
 import type { ColumnRewrite, EngineCleanupRule, NullRewrite, TieBreak } from '../engines/types.ts';
-import { ConfigError, FindingsError, type ConfigIssue } from '../errors.ts';
+import { ConfigError, FindingsError, StateError, type ConfigIssue } from '../errors.ts';
 import { derivedRules, excludingEarlier } from '../lint/preflight.ts';
 import { findNodes, tableOf } from '../lint/parse.ts';
-import { unitOnce, type Action, type Step, type StepContext, type StepInputs } from './step.ts';
+import type { Action, Step, StepContext, StepInputs } from './step.ts';
 
 /** A rule ready to evaluate: its name and the move it starts. */
 export interface ResolvedRule extends MoveStep {
@@ -233,6 +233,43 @@ async function tieBreakFacts(db: Db, table: TableRef, tb: TieBreak, sample: read
   return { order, choices, sentence: `per ${tb.groupNoun} it keeps the ${tb.noun} that grants access (${order})${said}` };
 }
 
+/**
+ * How a rule's action runs. Its statements are made now, from the catalog plan reads (blue and green
+ * have the same schema until migrate), and are its `sql`; `execute` runs exactly them on green in one
+ * transaction. The run id is not in their text: they read it from a setting `execute` sets
+ * (RUN_ID_SETTING in src/db/quarantine.ts), so `plan --json`, before any run exists, prints what the
+ * journal records. A detach the engine declared that cannot be recorded fails the rule when it runs.
+ */
+function ruleRun(rule: ResolvedRule, fks: readonly ForeignKey[], pk: ReadonlyMap<string, string[]>): Pick<Action, 'sql' | 'execute'> {
+  let statements: RuleStatement[];
+  try {
+    statements = rule.rewrite ? rewriteStatements(rule.name, { ...rule, columns: rule.rewrite.columns, key: rule.rewrite.key }) : moveStatements(rule.name, rule, fks, pk);
+  } catch (err) {
+    if (!(err instanceof StateError)) throw err;
+    return {
+      execute: async () => {
+        throw err;
+      },
+    };
+  }
+  return {
+    sql: statements.map((s) => s.sql).join(';\n'),
+    execute: async ({ ctx, lane }) => {
+      const runId = ctx.journal!.runId;
+      if (rule.rewrite) {
+        const { rewritten } = await runRuleStatements(lane.green, runId, statements);
+        ctx.progress(`${rule.name}: ${rewritten} value(s) ${rule.rewrite.says}, rows kept`);
+        return { rewritten };
+      }
+      // What the move takes away is counted on green just before it, so the report says what users lost.
+      const access = await accessChanges(lane.green, rule, fks, ctx.config.engine.accessCarriers, pk);
+      const { moved } = await runRuleStatements(lane.green, runId, statements);
+      ctx.progress(`${rule.name}: ${Object.values(moved).reduce((a, b) => a + b, 0)} row(s) quarantined`);
+      return { moved, access };
+    },
+  };
+}
+
 /** The cleanup step. */
 export const cleanup = {
   name: 'cleanup',
@@ -268,7 +305,7 @@ export const cleanup = {
     const fks = await listForeignKeys(db);
     const evaluate = async (): Promise<Action[]> => {
       const { rules, skipped } = await resolveRuleSet(ctx, db);
-      const actions: Action[] = skipped.map((s) => ({ id: `skip:${s.name}`, sentence: `skip rule ${s.name}: ${s.why}`, side: 'none', facts: { skipped: s.why } }));
+      const actions: Action[] = skipped.map((s) => ({ id: `skip:${s.name}`, sentence: `skip rule ${s.name}: ${s.why}`, side: 'none', facts: { skipped: s.why }, execute: async () => ({ skipped: s.why }) }));
       for (const rule of rules) {
         const found = await countRule(db, rule, pk.get(tableKey(rule.table)) ?? []);
         if (!found.rows) continue;
@@ -276,7 +313,7 @@ export const cleanup = {
         if (rule.rewrite) {
           const columns = rule.rewrite.columns.map((c) => c.column);
           const sentence = `keep ${found.rows} ${tableKey(rule.table)} row(s) with ${columns.join(', ')} ${rule.rewrite.says} where needed (old values recorded for \`quarantine restore\`): ${rule.reason}`;
-          actions.push({ id: `rule:${rule.name}`, sentence, side: 'green', sql: rule.where, facts: { ...facts, rewrite: columns.join(', ') } });
+          actions.push({ id: `rule:${rule.name}`, sentence, side: 'green', facts: { ...facts, rewrite: columns.join(', ') }, ...ruleRun(rule, fks, pk) });
           continue;
         }
         const access = await accessChanges(db, rule, fks, ctx.config.engine.accessCarriers, pk);
@@ -285,62 +322,46 @@ export const cleanup = {
           id: `rule:${rule.name}`,
           sentence: `quarantine ${found.rows} ${tableKey(rule.table)} row(s) and their dependents: ${rule.reason}${choice ? `; ${choice.sentence}` : ''}`,
           side: 'green',
-          sql: rule.where,
           facts: { ...facts, accessChanges: access, ...(choice ? { tieBreak: choice.order, choices: choice.choices } : {}) },
+          ...ruleRun(rule, fks, pk),
         });
       }
       return actions;
     };
     // Rules may call our helpers (is_json); they are installed for the count and rolled back.
     const actions = await withEphemeralHelpers(db, evaluate);
-    actions.push({ id: 'validate-foreign-keys', sentence: 'VALIDATE the foreign keys the copy left NOT VALID', side: 'green' });
-    return actions;
+    return [
+      { id: 'quarantine-schema', sentence: `install the quarantine schema ${QUARANTINE_SCHEMA} on green (idempotent): moved rows and rewritten values are kept there`, side: 'green', sql: QUARANTINE_SETUP_SQL },
+      ...actions,
+      {
+        id: 'validate-foreign-keys',
+        sentence: 'VALIDATE the foreign keys the copy left NOT VALID',
+        side: 'green',
+        // Which keys are NOT VALID is known only on green after the copy (plan may read blue): listed as it runs.
+        execute: async ({ lane }) => {
+          const names: string[] = [];
+          for (const fk of (await listForeignKeys(lane.green)).filter((f) => !f.validated)) {
+            await query(lane.green, `ALTER TABLE ${qualified(fk.child.schema, fk.child.name)} VALIDATE CONSTRAINT ${ident(fk.name)}`, [], { side: 'green' });
+            names.push(fk.name);
+          }
+          return { validated: names };
+        },
+      },
+    ];
   },
-  async run(ctx, actions) {
-    await installQuarantine(ctx.green);
-    const rules = new Map((await resolveRules(ctx, ctx.green)).map((r) => [`rule:${r.name}`, r]));
-    const done = await ctx.journal!.done('cleanup');
-    const runId = ctx.journal!.runId;
-    const fks = await listForeignKeys(ctx.green);
-    const pk = new Map((await listTables(ctx.green)).map((t) => [tableKey(t), t.primaryKey]));
-    const byReason: Record<string, number> = {};
+  async summarize(_ctx, details) {
+    const byRule: Record<string, number> = {};
     const rewritten: Record<string, number> = {};
     const lost: AccessChange[] = [];
-    let total = 0;
-    for (const action of actions) {
-      if (action.id.startsWith('skip:')) {
-        await unitOnce(ctx, 'cleanup', action.id, async () => ({ skipped: action.facts?.skipped ?? true }), done);
-        continue;
-      }
-      const rule = rules.get(action.id);
-      if (!rule) continue;
-      if (rule.rewrite) {
-        const { columns, key, says } = rule.rewrite;
-        const { detail } = await unitOnce(ctx, 'cleanup', action.id, async () => ({ rewritten: await rewriteRule(ctx.green, runId, rule.name, { ...rule, columns, key }) }), done);
-        rewritten[rule.name] = Number(detail.rewritten);
-        ctx.progress(`${rule.name}: ${rewritten[rule.name]} value(s) ${says}, rows kept`);
-        continue;
-      }
-      // What the move takes away is counted on green just before it, so the report says what users lost.
-      const { detail } = await unitOnce(ctx, 'cleanup', action.id, async () => {
-        const access = await accessChanges(ctx.green, rule, fks, ctx.config.engine.accessCarriers, pk);
-        return { moved: await quarantineRule(ctx.green, runId, rule.name, rule), access };
-      }, done);
-      const moved = Object.values(detail.moved as Record<string, number>).reduce((a, b) => a + b, 0);
-      lost.push(...((detail.access as AccessChange[] | undefined) ?? []));
-      byReason[rule.name] = (byReason[rule.name] ?? 0) + moved;
-      total += moved;
-      ctx.progress(`${rule.name}: ${moved} row(s) quarantined`);
+    for (const [id, d] of details) {
+      if (!id.startsWith('rule:')) continue;
+      const name = id.slice('rule:'.length);
+      if (d.rewritten !== undefined) rewritten[name] = Number(d.rewritten);
+      if (d.moved) byRule[name] = Object.values(d.moved as Record<string, number>).reduce((a, b) => a + b, 0);
+      lost.push(...((d.access as AccessChange[] | undefined) ?? []));
     }
-    const validated = await unitOnce(ctx, 'cleanup', 'validate-foreign-keys', async () => {
-      const names: string[] = [];
-      for (const fk of (await listForeignKeys(ctx.green)).filter((f) => !f.validated)) {
-        await query(ctx.green, `ALTER TABLE ${qualified(fk.child.schema, fk.child.name)} VALIDATE CONSTRAINT ${ident(fk.name)}`, [], { side: 'green' });
-        names.push(fk.name);
-      }
-      return { validated: names };
-    }, done);
-    return { quarantined: total, byRule: byReason, rewritten, accessChanges: lost, validatedForeignKeys: validated.detail.validated };
+    const quarantined = Object.values(byRule).reduce((a, b) => a + b, 0);
+    return { quarantined, byRule, rewritten, accessChanges: lost, validatedForeignKeys: details.get('validate-foreign-keys')?.validated ?? [] };
   },
   async inputs(ctx): Promise<StepInputs> {
     // Resolved on blue, where the copy started: green's catalog and pending set change as migrations

@@ -1,24 +1,22 @@
-// The cutover phase: guardrails, confirmation, lever, the two-phase flip of every target, then
-// drain, semantic validation and watch. Any failure after a commit rolls every target back (newest
-// first), replays green-side revocations into blue and restores the lever: exit 8, blue serving.
+// The cutover step: capture on green, a catch-up of the outbox, then the two-phase flip of every
+// target, all or nothing. Its rollback puts every live target back (newest commit first, with the
+// value its prepare read) and replays the revocations green accepted meanwhile into blue. The
+// guardrails every cutover must pass, the confirmation and the report's verdict live here too.
 
 import { createInterface } from 'node:readline/promises';
-import type { ActionEnv } from '../cutover/actions.ts';
+import { describeAction } from '../cutover/actions.ts';
 import { rollbackTargets, twoPhaseCutover, type CutoverFailure, type TargetRecord } from '../cutover/coordinator.ts';
 import { checkGuardrails, identityRefusal, isIdentityGuardrail, outboxBacklog, type BacklogFn, type Guardrail } from '../cutover/guardrails.ts';
-import { wranglerKv, type KvResolver } from '../cutover/kv.ts';
-import type { TargetSpec, WatchSpec } from '../cutover/schema.ts';
-import { CUTOVER_STEP, journalTargetLog, LIVE_STATES } from '../cutover/state.ts';
+import { actionOf, type TargetSpec } from '../cutover/schema.ts';
+import { journalTargetLog, LIVE_STATES, targetRecords } from '../cutover/state.ts';
+import { wiringOf } from '../cutover/wiring.ts';
+import { query, type Db } from '../db/connect.ts';
 import { ExitCode, FindingsError, OperatorError, StateError, UsageError } from '../errors.ts';
-import { checkInvariants, invariantFailures, invariantsOf, type InvariantResult } from '../validate/invariants.ts';
-import { raiseLever, restoreLever } from './lever.ts';
-import type { StepContext } from './step.ts';
-import { probeOnce, watchWindow, type ProbeStats, type WatchResult } from './watch.ts';
-
-/** Replays the captured revocations into green (issue D's drain); injected by the caller. */
-export type DrainFn = () => Promise<{ replayed: number }>;
-/** Replays green-side revocations into blue after a rollback; injected by the caller. */
-export type ReplayToBlueFn = () => Promise<{ replayed: number }>;
+import { installGreenCapture } from '../replay/capture-green.ts';
+import { drain } from '../replay/drain.ts';
+import type { InvariantResult } from '../validate/invariants.ts';
+import type { Action, Step, StepContext } from './step.ts';
+import type { ProbeStats, WatchResult } from './watch.ts';
 
 /** The cutover did not stick: every committed target was rolled back (exit 8). */
 export class CutoverRolledBackError extends OperatorError {
@@ -32,28 +30,6 @@ export class CutoverRolledBackError extends OperatorError {
       detail: { failure, rollbackFailures, ...detail },
     });
   }
-}
-
-/** What the cutover phase needs besides the step context. */
-export interface CutoverPhaseOptions {
-  /** Step context with the journal of the run being cut over. */
-  ctx: StepContext;
-  /** Targets (default: config cutover.targets). */
-  targets?: TargetSpec[];
-  /** KV namespaces (default: wrangler --remote). */
-  kv?: KvResolver;
-  /** Drain after commit (issue D); skipped when absent. */
-  drain?: DrainFn;
-  /** Replay green-side revocations into blue after an automatic rollback. */
-  replayToBlue?: ReplayToBlueFn;
-  /** Outbox rows not yet replayed (default: above the drain's mark on green, see guardrails.ts). */
-  backlog?: BacklogFn;
-  /** Watch window (default: config watch; null: no watch). */
-  watch?: WatchSpec | null;
-  /** Skip the interactive confirmation (CI). */
-  yes?: boolean;
-  /** Environment for `env:NAME` databases. */
-  env?: NodeJS.ProcessEnv;
 }
 
 /** Per-target line of the report. */
@@ -86,11 +62,6 @@ export interface CutoverPhaseResult {
   error: OperatorError | null;
 }
 
-/** The ActionEnv for a step context. */
-export function actionEnv(ctx: StepContext, kv: KvResolver = wranglerKv, env: NodeJS.ProcessEnv = process.env): ActionEnv {
-  return { blueDsn: ctx.config.blueDsn, greenDsn: ctx.config.greenDsn, kv, env };
-}
-
 async function confirm(targets: readonly TargetSpec[]): Promise<boolean> {
   const rl = createInterface({ input: process.stdin, output: process.stderr });
   try {
@@ -115,9 +86,9 @@ export function cutoverVerdict(phase: Pick<CutoverPhaseResult, 'cutover' | 'erro
 }
 
 /** Checks guardrails and asks for confirmation; throws before anything is changed. */
-export async function preflightCutover(opts: CutoverPhaseOptions, targets: readonly TargetSpec[]): Promise<Guardrail[]> {
-  const { ctx } = opts;
+export async function preflightCutover(ctx: StepContext, targets: readonly TargetSpec[], opts: { yes: boolean; backlog?: BacklogFn }): Promise<Guardrail[]> {
   if (!ctx.journal) throw new StateError('there is no run to cut over', 'run `migrate apply` first');
+  if (!targets.length) throw new StateError('no cutover targets are configured', 'add cutover.targets to the config (README: Cutover)');
   const guardrails = await checkGuardrails(ctx.blue, ctx.green, ctx.journal, ctx.config, opts.backlog ?? outboxBacklog(ctx.blue, ctx.green));
   const failed = guardrails.filter((g) => !g.ok);
   // The wrong run or the wrong green outranks every other verdict: the others describe another database.
@@ -135,85 +106,72 @@ export async function preflightCutover(opts: CutoverPhaseOptions, targets: reado
   return guardrails;
 }
 
-/** Runs the whole cutover phase; returns its result (error set on exit 8) instead of throwing after a change. */
-export async function runCutoverPhase(opts: CutoverPhaseOptions): Promise<CutoverPhaseResult> {
-  const { ctx } = opts;
-  const config = ctx.config.raw;
-  const targets = opts.targets ?? config.cutover?.targets ?? [];
-  if (!targets.length) throw new StateError('no cutover targets are configured', 'add cutover.targets to the config (README: Cutover)');
-  const guardrails = await preflightCutover(opts, targets);
+/** Rolls back every live target (newest commit first) and replays green's revocations into blue; failures are returned, never thrown. */
+export async function rollbackLiveTargets(ctx: StepContext): Promise<{ order: string[]; failures: { target: string; message: string }[]; replayedToBlue: number | null }> {
+  const w = wiringOf(ctx);
   const journal = ctx.journal!;
-  const env = actionEnv(ctx, opts.kv, opts.env);
-  const watchSpec = opts.watch === undefined ? (config.watch ?? null) : opts.watch;
-  const result: CutoverPhaseResult = {
-    cutover: { targets: targets.map((t) => ({ name: t.name, status: 'pending' })), rolledBack: false, failure: null, rollbackOrder: [], ms: 0 },
-    guardrails,
-    lever: null,
-    drained: null,
-    invariants: [],
-    watch: null,
-    probesBefore: watchSpec ? await probeOnce(watchSpec.probes, env) : [],
-    replayedToBlue: null,
-    error: null,
-  };
-  const log = journalTargetLog(journal);
-  await journal.start(CUTOVER_STEP);
-  try {
-    // Before any target: a lever that cannot be raised (LeverError, caught below) stops here with nothing cut over.
-    ctx.progress('raising the TTL lever');
-    const lever = await raiseLever(config.lever, env, journal);
-    if (lever) result.lever = { raised: true, restored: false, saved: lever.saved };
-    const outcome = await twoPhaseCutover(targets, env, { timeoutMs: (config.cutover?.timeoutSeconds ?? 60) * 1000, log, progress: ctx.progress });
-    result.cutover = { targets: outcome.targets.map((t) => ({ name: t.name, status: t.state })), rolledBack: outcome.rolledBack, failure: outcome.failure, rollbackOrder: outcome.rollbackOrder, ms: outcome.ms };
-    if (outcome.failure) {
-      result.error = new CutoverRolledBackError(outcome.failure, { targets: result.cutover.targets }, outcome.rollbackFailures);
-      return result;
-    }
-    const records = new Map(outcome.targets.map((t) => [t.name, t]));
-    const undo = async (target: string, phase: string, message: string): Promise<void> => {
-      ctx.progress(`automatic rollback: ${message}`);
-      const order = [...outcome.targets].sort((a, b) => (b.order ?? 0) - (a.order ?? 0)).map((t) => t.name);
-      const failures = await rollbackTargets(targets, records, order, env, log);
-      if (opts.replayToBlue) result.replayedToBlue = (await opts.replayToBlue()).replayed;
-      result.cutover = { ...result.cutover, targets: [...records.values()].map((t) => ({ name: t.name, status: t.state })), rolledBack: true, failure: { target, phase, message }, rollbackOrder: order };
-      result.error = new CutoverRolledBackError({ target, phase, message }, { targets: result.cutover.targets }, failures);
-    };
-    if (opts.drain) {
-      ctx.progress('draining captured revocations into green');
-      try {
-        result.drained = (await opts.drain()).replayed;
-      } catch (err) {
-        await undo('drain', 'drain', (err as Error).message);
-        return result;
-      }
-    }
-    result.invariants = await checkInvariants(ctx.blue, ctx.green, invariantsOf(ctx.config), { drained: true });
-    const failedInvariants = invariantFailures(result.invariants);
-    if (failedInvariants.length) {
-      await undo('validate', 'validate', failedInvariants.join('; '));
-      return result;
-    }
-    if (watchSpec) {
-      const specs = invariantsOf(ctx.config);
-      result.watch = await watchWindow(watchSpec, env, {
-        invariants: async (names) => invariantFailures(await checkInvariants(ctx.blue, ctx.green, specs.filter((s) => names.includes(s.name)), { drained: true })),
-        progress: ctx.progress,
-      });
-      if (result.watch.breach) {
-        await undo(result.watch.breach.probe, 'watch', `${result.watch.breach.kind} breached: ${result.watch.breach.reason}`);
-        return result;
-      }
-    }
-    return result;
-  } catch (err) {
-    if (err instanceof OperatorError) result.error = err;
-    else throw err;
-    return result;
-  } finally {
-    const restored = await restoreLever(config.lever, env, journal);
-    if (restored && result.lever) result.lever.restored = restored.state === 'restored';
-    const summary = { rolledBack: result.cutover.rolledBack, failure: result.cutover.failure, targets: result.cutover.targets, lever: result.lever, drained: result.drained, watch: result.watch, probesBefore: result.probesBefore };
-    if (result.error) await journal.fail(CUTOVER_STEP, '', result.error.message);
-    else await journal.finish(CUTOVER_STEP, '', summary);
-  }
+  const records = await targetRecords(journal);
+  const live = records.filter((r) => LIVE_STATES.has(r.state)).sort((a, b) => (b.order ?? 0) - (a.order ?? 0));
+  const missing = live.filter((r) => !w.targets.some((t) => t.name === r.name));
+  if (missing.length) throw new UsageError(`targets ${missing.map((m) => m.name).join(', ')} are live but no longer in the config`, 'restore their entries in cutover.targets so their rollback actions are known');
+  const order = live.map((r) => r.name);
+  if (order.length) ctx.progress(`rolling back ${order.join(' -> ')}`);
+  const failures = await rollbackTargets(w.targets, new Map(records.map((r) => [r.name, r])), order, w.env, journalTargetLog(journal));
+  // What green accepted while it served goes back to blue (idempotent; nothing when green never captured).
+  const replayedToBlue = (await hasGreenOutbox(ctx.green)) ? (await drain({ source: ctx.green, sourceSide: 'green', target: ctx.blue, profile: ctx.config.engine.replay.blue, progress: ctx.progress })).applied : null;
+  return { order, failures, replayedToBlue };
 }
+
+async function hasGreenOutbox(green: Db): Promise<boolean> {
+  const { rows } = await query<{ ok: boolean }>(green, "SELECT to_regclass('bluegreen.outbox') IS NOT NULL AS ok", [], { side: 'green' });
+  return rows[0]?.ok === true;
+}
+
+/** The cutover step. */
+export const cutover = {
+  name: 'cutover',
+  purpose: 'flip every target to green, all or nothing',
+  async validate(ctx) {
+    if (!wiringOf(ctx).targets.length) throw new StateError('no cutover targets are configured', 'add cutover.targets to the config (README: Cutover)');
+  },
+  async plan(ctx) {
+    const w = wiringOf(ctx);
+    const green = ctx.config.engine.capture.green;
+    const names = w.targets.map((t) => t.name);
+    return [
+      {
+        id: 'green-capture',
+        sentence: `install revocation capture on green (${green.map((t) => t.table).join(', ') || 'no table'}), so a rollback can replay green's own revocations into blue`,
+        side: 'green',
+        execute: async ({ ctx: c }) => ({ tables: await installGreenCapture(c.green, green) }),
+      },
+      {
+        id: 'catch-up',
+        sentence: 'replay the revocations captured on blue so far into green (the drain after the flip then carries only the tail)',
+        side: 'both',
+        execute: async ({ ctx: c }) => ({ replayed: (await drain({ source: c.blue, sourceSide: 'blue', target: c.green, profile: c.config.engine.replay.green, progress: c.progress })).applied }),
+      },
+      {
+        id: 'flip',
+        sentence: `prepare ${names.join(', ')}, then commit them in that order; any failure rolls the committed ones back, newest first`,
+        side: 'none',
+        facts: { targets: w.targets.map((t) => ({ name: t.name, commit: describeAction(actionOf(t, 'commit')!) })) },
+        execute: async ({ ctx: c }) => {
+          const outcome = await twoPhaseCutover(w.targets, w.env, { timeoutMs: (c.config.raw.cutover?.timeoutSeconds ?? 60) * 1000, log: journalTargetLog(c.journal!), progress: c.progress });
+          const targets = outcome.targets.map((t) => ({ name: t.name, status: t.state }));
+          if (outcome.failure) throw new CutoverRolledBackError(outcome.failure, { targets, rollbackOrder: outcome.rollbackOrder, flipMs: outcome.ms }, outcome.rollbackFailures);
+          return { targets, flipMs: outcome.ms };
+        },
+      },
+    ] satisfies Action[];
+  },
+  async verify(ctx) {
+    const records = await targetRecords(ctx.journal!);
+    const notLive = wiringOf(ctx).targets.filter((t) => !records.some((r) => r.name === t.name && LIVE_STATES.has(r.state)));
+    if (notLive.length) throw new StateError(`targets ${notLive.map((t) => t.name).join(', ')} are not live on green after the flip`, '`migrate status` shows each target; `migrate rollback --yes` undoes the others');
+  },
+  async rollback(ctx) {
+    const { order, failures, replayedToBlue } = await rollbackLiveTargets(ctx);
+    return { rollbackOrder: order, failures, replayedToBlue };
+  },
+} satisfies Step;

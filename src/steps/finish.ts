@@ -3,39 +3,29 @@
 // schemas on blue and green, and any replication objects of ours. The quarantine on green holds rows
 // of real data, so it is kept and reported: nothing lost, ever. This is capture's rollback, too.
 
-import { query, withTransaction, type Db } from '../db/connect.ts';
+import { query, type Db } from '../db/connect.ts';
 import { ident } from '../db/sql.ts';
 import type { Side } from '../errors.ts';
-import { CAPTURE_TRIGGERS } from './capture.ts';
+import { captureRollbackActions } from './capture.ts';
 import type { Action } from './step.ts';
 
 /** Schemas migrate owns outright on a side (the quarantine is reported, never dropped). */
 const OWNED_SCHEMAS = ['bluegreen', 'bluegreen_green'] as const;
 
 const OURS_SQL = `
-  SELECT 'trigger' AS kind, format('%I ON %s', t.tgname, t.tgrelid::regclass) AS name, format('DROP TRIGGER IF EXISTS %I ON %s', t.tgname, t.tgrelid::regclass) AS drop
-    FROM pg_trigger t WHERE t.tgname = ANY ($1::text[]) AND NOT t.tgisinternal
-  UNION ALL
-  SELECT 'publication', p.pubname, format('DROP PUBLICATION IF EXISTS %I', p.pubname) FROM pg_publication p WHERE p.pubname LIKE 'bluegreen%'
+  SELECT 'publication' AS kind, p.pubname AS name, format('DROP PUBLICATION IF EXISTS %I', p.pubname) AS drop FROM pg_publication p WHERE p.pubname LIKE 'bluegreen%'
   UNION ALL
   SELECT 'replication slot', s.slot_name, format('SELECT pg_drop_replication_slot(%L)', s.slot_name)
     FROM pg_replication_slots s WHERE s.slot_name LIKE 'bluegreen%' AND s.database = current_database()
   UNION ALL
-  SELECT 'schema', n.nspname, format('DROP SCHEMA IF EXISTS %I CASCADE', n.nspname) FROM pg_namespace n WHERE n.nspname = ANY ($2::text[])
+  SELECT 'schema', n.nspname, format('DROP SCHEMA IF EXISTS %I CASCADE', n.nspname) FROM pg_namespace n WHERE n.nspname = ANY ($1::text[])
   ORDER BY 1 DESC, 2`;
 
-/** What `finish` removes on one side, one action per object (triggers first, schemas last). */
+/** What `finish` removes on one side, one action per object: capture's rollback first, then replication objects and schemas. */
 export async function finishActions(db: Db, side: Side): Promise<Action[]> {
-  const { rows } = await query<{ kind: string; name: string; drop: string }>(db, OURS_SQL, [Object.values(CAPTURE_TRIGGERS), [...OWNED_SCHEMAS]], { side });
-  return rows.map((r) => ({ id: `${side}:${r.kind}:${r.name}`, sentence: `remove ${r.kind} ${r.name} from ${side}`, side, sql: r.drop }));
-}
-
-/** Runs the actions of one side in one transaction: all of them or none. */
-export async function runFinishActions(db: Db, side: Side, actions: readonly Action[]): Promise<void> {
-  if (!actions.length) return;
-  await withTransaction(db, async () => {
-    for (const a of actions) await query(db, a.sql!, [], { side, sql: a.sql! });
-  }, { side });
+  const capture = (await captureRollbackActions(db, side)).map((a) => ({ ...a, id: `${side}:${a.id}` }));
+  const { rows } = await query<{ kind: string; name: string; drop: string }>(db, OURS_SQL, [[...OWNED_SCHEMAS]], { side });
+  return [...capture, ...rows.map((r): Action => ({ id: `${side}:${r.kind}:${r.name}`, sentence: `remove ${r.kind} ${r.name} from ${side}`, side, sql: r.drop }))];
 }
 
 /** Rows held in green's quarantine (kept by finish), by table; empty when there is none. */

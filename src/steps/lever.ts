@@ -4,10 +4,12 @@
 // It is raised before any target commits, so a lever that cannot be raised stops the cutover with
 // nothing cut over; it only ever restores a value it read (or runs lever.rollback as configured).
 
-import { runAction, type ActionEnv } from '../cutover/actions.ts';
+import { describeAction, runAction, type ActionEnv } from '../cutover/actions.ts';
 import { OperatorError, ExitCode } from '../errors.ts';
 import { actionOf, type LeverSpec } from '../cutover/schema.ts';
 import { leverRecord, writeLeverRecord, type LeverRecord, type StateJournal } from '../cutover/state.ts';
+import { wiringOf } from '../cutover/wiring.ts';
+import type { Action, Step } from './step.ts';
 
 /** Which lever action failed; prepare means the TTL was never read, let alone changed. */
 export type LeverPhase = 'prepare' | 'commit' | 'verify';
@@ -90,3 +92,26 @@ export async function restoreLever(lever: LeverSpec | undefined, env: ActionEnv,
     return failed;
   }
 }
+
+/** The lever step: the first of the cutover phase; nothing to do when no lever is configured. */
+export const lever = {
+  name: 'lever',
+  purpose: 'raise the token TTL so clients refresh (and write) less while the targets flip',
+  async validate() {},
+  async plan(ctx) {
+    const spec = ctx.config.raw.lever;
+    if (!spec) return [];
+    const prepare = actionOf(spec, 'prepare');
+    return [{
+      id: 'raise',
+      sentence: `${prepare ? `read the TTL (${describeAction(prepare)}), then ` : ''}raise it (${describeAction(actionOf(spec, 'commit')!)}); the old value is journalled first, so any failure puts it back`,
+      side: 'none',
+      execute: async ({ ctx: c }) => ({ saved: (await raiseLever(spec, wiringOf(c).env, c.journal!))?.saved ?? null }),
+    }] satisfies Action[];
+  },
+  async verify() {},
+  async rollback(ctx) {
+    const after = await restoreLever(ctx.config.raw.lever, wiringOf(ctx).env, ctx.journal!);
+    return after ? { lever: after.state } : {};
+  },
+} satisfies Step;

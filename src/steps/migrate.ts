@@ -7,13 +7,13 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { query } from '../db/connect.ts';
 import { readMarker } from '../db/green.ts';
-import { repairSql, repairUnit, runRepair } from '../engines/repair.ts';
+import { repairSql, repairUnit, runRepair, type RepairResult } from '../engines/repair.ts';
 import { FindingsError, SourceError, StateError } from '../errors.ts';
 import { explainDataError } from '../preflight/data-error.ts';
 import { rowPreflight, type RowFinding } from '../preflight/evaluate.ts';
 import { checkAll } from '../sources/check.ts';
 import type { Migration } from '../sources/types.ts';
-import { unitOnce, type Action, type Step, type StepContext, type StepInputs } from './step.ts';
+import type { Action, Step, StepContext, StepInputs } from './step.ts';
 
 /** Journal unit id of a migration. */
 export const migrationUnit = (id: string): string => `migration:${id}`;
@@ -33,6 +33,15 @@ export async function assertSomethingPending(ctx: StepContext, all: Migration[])
   );
 }
 
+/** The refusal of row classes that would make the migrations fail: every one listed, with the rules that take them. */
+function refusal(ctx: StepContext, refused: readonly RowFinding[]): FindingsError {
+  return new FindingsError(
+    `${refused.length} row class(es) on green would make the migrations fail; nothing was migrated:\n${refused.map((f) => `  - ${f.origin}: ${f.rows} ${f.table} row(s), ${f.sqlstate} ${f.message}; e.g. ${f.sample.map((k) => JSON.stringify(k)).join(' ')}`).join('\n')}`,
+    `add a cleanup rule for each class to the config (ready to paste: ${JSON.stringify(refused.map((f) => f.suggestedRule))}), then run \`migrate apply --resume --config ${ctx.config.file}\``,
+    { findings: refused },
+  );
+}
+
 /** The migrate step. */
 export const migrate = {
   name: 'migrate',
@@ -47,13 +56,17 @@ export const migrate = {
     const marker = await readMarker(ctx.green);
     const db = marker?.loaded_at ? ctx.green : ctx.blue;
     const pending = await ctx.source.pending(db);
-    // Row classes no cleanup rule takes that would still fail a migration: listed first, and `run` refuses them.
+    // Row classes no cleanup rule takes that would still fail a migration: listed first, one action
+    // each (callers find them by the `preflight:` id prefix); the first refuses them all, so nothing migrates.
     const { findings, notEvaluable } = await rowPreflight(ctx, db);
     const refusals = findings.map((f): Action => ({
       id: f.id,
       sentence: `REFUSE: ${f.rows} ${f.table} row(s) would fail ${f.origin} with ${f.sqlstate} (${f.message})${f.expression ? ` in ${f.expression}` : ''}; no cleanup rule takes them`,
       side: 'green',
       facts: { ...f },
+      execute: async ({ ctx: c }) => {
+        throw refusal(c, findings);
+      },
     }));
     // The engine's fixes for values the migrations misread run last; whether their table exists is known only then.
     const repairs = ctx.config.engine.repairs.map((r): Action => ({
@@ -62,6 +75,11 @@ export const migrate = {
       side: 'green',
       sql: repairSql(r),
       facts: { table: r.table, column: r.column, requires: r.requires },
+      execute: async ({ ctx: c, lane }) => {
+        const result = await runRepair(lane.green, c.journal!.runId, r);
+        c.progress(`${repairUnit(r.name)}: ${'skipped' in result ? `skipped (${result.skipped})` : `${result.repaired} ${r.table}.${r.column} value(s) repaired; old values in bluegreen_quarantine._rewrites`}`);
+        return { ...result };
+      },
     }));
     return [...refusals, ...pending.map((m): Action => {
       // Statements the row pre-flight could not evaluate (they read what earlier migrations create), per file.
@@ -72,35 +90,21 @@ export const migrate = {
         side: 'green',
         sql: m.sql,
         facts: { file: m.file, ...(blind.length ? { notEvaluable: blind } : {}) },
+        // The source runs m.sql (this action's sql) and its tracking row, as one unit.
+        execute: async ({ ctx: c, lane }) => {
+          c.progress(`applying ${m.id}_${m.name}`);
+          await c.source.apply(lane.green, m).catch(async (err: unknown) => Promise.reject(await explainDataError(lane.green, err)));
+          return { file: m.file };
+        },
       };
     }), ...repairs];
   },
-  async run(ctx, actions) {
-    const refused = actions.filter((a) => a.id.startsWith('preflight:')).map((a) => a.facts as unknown as RowFinding);
-    if (refused.length) {
-      throw new FindingsError(
-        `${refused.length} row class(es) on green would make the migrations fail; nothing was migrated:\n${refused.map((f) => `  - ${f.origin}: ${f.rows} ${f.table} row(s), ${f.sqlstate} ${f.message}; e.g. ${f.sample.map((k) => JSON.stringify(k)).join(' ')}`).join('\n')}`,
-        `add a cleanup rule for each class to the config (ready to paste: ${JSON.stringify(refused.map((f) => f.suggestedRule))}), then run \`migrate apply --resume --config ${ctx.config.file}\``,
-        { findings: refused },
-      );
-    }
-    const done = await ctx.journal!.done('migrate');
-    const pending = await ctx.source.pending(ctx.green);
-    const applied: string[] = [];
-    for (const m of pending) {
-      const started = Date.now();
-      await unitOnce(ctx, 'migrate', migrationUnit(m.id), async () => {
-        ctx.progress(`applying ${m.id}_${m.name}`);
-        await ctx.source.apply(ctx.green, m).catch(async (err: unknown) => Promise.reject(await explainDataError(ctx.green, err)));
-        return { file: m.file, ms: Date.now() - started };
-      }, done);
-      applied.push(m.id);
-    }
-    const repaired: Record<string, unknown> = {};
+  async summarize(ctx, details) {
+    const applied = (await ctx.source.all()).filter((m) => details.has(migrationUnit(m.id))).map((m) => m.id);
+    const repaired: Record<string, RepairResult> = {};
     for (const r of ctx.config.engine.repairs) {
-      const { detail } = await unitOnce(ctx, 'migrate', repairUnit(r.name), async () => ({ ...(await runRepair(ctx.green, ctx.journal!.runId, r)) }), done);
-      repaired[r.name] = detail;
-      ctx.progress(`${repairUnit(r.name)}: ${'skipped' in detail ? `skipped (${String(detail.skipped)})` : `${String(detail.repaired)} ${r.table}.${r.column} value(s) repaired; old values in bluegreen_quarantine._rewrites`}`);
+      const d = details.get(repairUnit(r.name));
+      if (d) repaired[r.name] = 'skipped' in d ? { skipped: String(d.skipped) } : { repaired: Number(d.repaired) };
     }
     const { rows } = await query<{ v: string }>(ctx.green, `SELECT current_setting('server_version') AS v`);
     return { applied, ...(ctx.config.engine.repairs.length ? { repaired } : {}), greenServer: rows[0]?.v };

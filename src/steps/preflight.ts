@@ -96,12 +96,21 @@ export const preflight = {
     assertChecks(await runChecks(ctx));
   },
   async plan(): Promise<Action[]> {
-    return [{ id: 'checks', sentence: 'check server versions, pg_dump, privileges and that green is empty or ours', side: 'both' }];
+    return [
+      {
+        id: 'checks',
+        sentence: 'check server versions, pg_dump, privileges and that green is empty or ours',
+        side: 'both',
+        execute: async ({ ctx }) => {
+          const checks = await runChecks(ctx);
+          assertChecks(checks);
+          return { checks: checks.map((c) => `${c.id}: ${c.detail}`) };
+        },
+      },
+    ];
   },
-  async run(ctx) {
-    const checks = await runChecks(ctx);
-    assertChecks(checks);
-    return { checks: checks.map((c) => `${c.id}: ${c.detail}`) };
+  async summarize(_ctx, details) {
+    return { checks: details.get('checks')?.checks ?? [] };
   },
   async verify() {},
 } satisfies Step;

@@ -4,8 +4,9 @@
 
 import crypto from 'node:crypto';
 import type { ResolvedConfig } from '../config/load.ts';
+import type { CutoverWiring } from '../cutover/wiring.ts';
 import type { UnitHooks } from '../drill.ts';
-import { locateFailure, type Db } from '../db/connect.ts';
+import type { Db } from '../db/connect.ts';
 import type { Side } from '../errors.ts';
 import type { MigrationSource } from '../sources/types.ts';
 import type { Journal } from '../state/journal.ts';
@@ -14,10 +15,36 @@ import type { Journal } from '../state/journal.ts';
 export const STEP_ORDER = ['preflight', 'capture', 'snapshot', 'cleanup', 'migrate', 'validate'] as const;
 /** Steps of an in-place run (`apply --in-place`): on blue itself, no copy. */
 export const IN_PLACE_STEP_ORDER = ['constraints', 'migrate-in-place'] as const;
+/** Steps of `migrate cutover`, run on the journal of the finished apply. */
+export const CUTOVER_STEP_ORDER = ['lever', 'cutover', 'drain', 'recheck', 'watch', 'restore-ttl'] as const;
 /** A step name. */
-export type StepName = (typeof STEP_ORDER)[number] | (typeof IN_PLACE_STEP_ORDER)[number];
+export type StepName = (typeof STEP_ORDER)[number] | (typeof IN_PLACE_STEP_ORDER)[number] | (typeof CUTOVER_STEP_ORDER)[number];
 
-/** One thing a step will do: shown by `plan`, executed and journalled by `apply`. */
+/** The connections an action runs on: the control connections, or one parallel lane's own (snapshot). */
+export interface Lane {
+  /** Green connection of this lane. */
+  green: Db;
+  /** Blue connection of this lane (a lane may open it late, e.g. inside the exported snapshot). */
+  blue: Db | null;
+}
+
+/** What an action's `execute` gets from the runner. */
+export interface ActionRun {
+  /** The step context. */
+  ctx: StepContext;
+  /** The action being run (its `sql` is what it must run). */
+  action: Action;
+  /** The lane's connections. */
+  lane: Lane;
+  /** Details of the step's finished actions so far (journalled ones included), by action id. */
+  details: ReadonlyMap<string, Record<string, unknown>>;
+}
+
+/**
+ * One thing a step will do: shown by `plan`, then executed, timed and journalled by the runner
+ * (one journal unit per action). Without `execute` the runner runs `sql` on `side` in one
+ * transaction; with it, `execute` runs exactly `sql` (when set) and may add figures to the journal.
+ */
 export interface Action {
   /** Stable id inside the step; also the journal unit key. */
   id: string;
@@ -25,10 +52,30 @@ export interface Action {
   sentence: string;
   /** Which database it touches. */
   side: Side | 'both' | 'none';
-  /** The SQL it runs, when it is SQL. */
+  /** The SQL it runs, when it is SQL; journalled with the unit as it ran. */
   sql?: string;
   /** Extra figures (row counts, sample keys) for the plan. */
   facts?: Record<string, unknown>;
+  /** How it runs when it is more than one SQL text on one side; returns figures for the journal. */
+  execute?: (run: ActionRun) => Promise<Record<string, unknown> | void>;
+  /** Ids of this step's actions that must finish first (default: the action before it). */
+  after?: readonly string[];
+  /** Among ready actions, higher starts first (default: plan order). */
+  priority?: number;
+}
+
+/** Resources a step holds while the runner executes its actions (parallel lanes, an exported snapshot). */
+export interface StepScope {
+  /** How many actions may run at once (default 1, on the control connections). */
+  lanes?: number;
+  /** Opens one lane's own connections; without it every action runs on the control connections. */
+  openLane?: () => Promise<Lane>;
+  /** Closes a lane opened by `openLane`. */
+  closeLane?: (lane: Lane) => Promise<void>;
+  /** Called after each action finished (not for actions a previous attempt finished). */
+  settled?: (action: Action, detail: Record<string, unknown>, ms: number, lane: Lane) => Promise<void>;
+  /** Releases everything, after the last action or a failure. */
+  close?: () => Promise<void>;
 }
 
 /** Operator choices that change how steps behave. */
@@ -67,7 +114,9 @@ export interface StepContext {
   progress: (text: string) => void;
   /** Called around every journal unit; crash drills and tests inject them (src/drill.ts). */
   hooks?: UnitHooks;
-  /** Input stamps per step and unit (set by the runner); unitOnce journals a unit's stamp with it. */
+  /** What the cutover steps need (targets, KV, queue, watch); set by the commands that run them. */
+  cutover?: CutoverWiring;
+  /** Input stamps per step and unit (set by the runner), journalled with each unit it runs. */
   inputStamps?: ReadonlyMap<string, ReadonlyMap<string, InputStamp>>;
 }
 
@@ -141,37 +190,16 @@ export interface Step {
   readonly purpose: string;
   /** Checks preconditions; never writes. Runs for every step before any step runs. */
   validate(ctx: StepContext): Promise<void>;
-  /** The actions the step will take, computed from the current state. */
+  /** The actions the step will take, computed from the current state: `plan` prints them, `apply` runs them. */
   plan(ctx: StepContext): Promise<Action[]>;
-  /** Executes the planned actions; returns figures for the report. */
-  run(ctx: StepContext, actions: Action[]): Promise<Record<string, unknown>>;
+  /** Takes what the actions share before the first one runs (lanes, a snapshot); released by `close`. */
+  open?(ctx: StepContext, actions: readonly Action[]): Promise<StepScope>;
+  /** Figures for the report from every action's journalled detail (default: the number of actions). */
+  summarize?(ctx: StepContext, details: ReadonlyMap<string, Record<string, unknown>>): Promise<Record<string, unknown>>;
   /** Checks the postcondition; throws when it does not hold. */
   verify(ctx: StepContext): Promise<void>;
-  /** Undoes the step where possible. */
-  rollback?(ctx: StepContext): Promise<void>;
+  /** Undoes the step where possible (`migrate finish`, an abandoned run, a failed cutover). */
+  rollback?(ctx: StepContext): Promise<Record<string, unknown> | void>;
   /** What the step's work depends on (read-only); `--resume` re-opens or refuses a finished step whose inputs changed. */
   inputs?(ctx: StepContext): Promise<StepInputs>;
-}
-
-/** Runs `fn` for a journal unit unless it is already done; returns the detail (stored or new). */
-export async function unitOnce(ctx: StepContext, step: StepName, unit: string, fn: () => Promise<Record<string, unknown>>, done?: Map<string, Record<string, unknown>>): Promise<{ skipped: boolean; detail: Record<string, unknown> }> {
-  const journal = ctx.journal;
-  if (!journal) throw new Error(`step ${step} tried to run without a journal`);
-  const finished = done ?? (await journal.done(step));
-  const previous = finished.get(unit);
-  if (previous) return { skipped: true, detail: previous };
-  await journal.start(step, unit);
-  await ctx.hooks?.beforeUnit?.(step, unit);
-  try {
-    const detail = await fn();
-    const stamp = ctx.inputStamps?.get(step)?.get(unit);
-    await journal.finish(step, unit, stamp ? { ...detail, inputs: stamp } : detail);
-    await ctx.hooks?.afterUnit?.(step, unit);
-    return { skipped: false, detail };
-  } catch (err) {
-    // A side going away (or a statement timeout) is reported with this unit and the resume command.
-    const located = locateFailure(err, `${step}/${unit}`, ctx.config.file);
-    await journal.fail(step, unit, (located as Error).message).catch(() => {});
-    throw located;
-  }
 }

@@ -19,7 +19,7 @@ import type { Migration } from '../sources/types.ts';
 import { snapshotBaseline, type SnapshotTable } from '../validate/as-of-snapshot.ts';
 import { checkChanges, type ChangeResult, type ConversionResult } from '../validate/changes.ts';
 import { checkInvariants, invariantFailures, invariantsOf, type InvariantResult } from '../validate/invariants.ts';
-import type { Action, Step, StepContext, StepInputs } from './step.ts';
+import type { Step, StepContext, StepInputs } from './step.ts';
 
 /** One table's comparison with blue as of the snapshot. */
 export interface TableComparison {
@@ -173,20 +173,32 @@ export const validate = {
   purpose: 'compare green with blue as of the snapshot: counts and checksums net of quarantine, invariants, conversions',
   async validate() {},
   async plan(ctx) {
-    const tables = await listTables(ctx.blue, ctx.config.raw.snapshot.excludeSchemas);
-    return tables.map((t): Action => ({ id: `table:${tableKey(t)}`, sentence: `compare ${tableKey(t)} with blue as of the snapshot: rows net of quarantine and keyed checksums of unchanged columns`, side: 'both' }));
+    const tables = (await listTables(ctx.blue, ctx.config.raw.snapshot.excludeSchemas)).map(tableKey);
+    return [
+      {
+        id: 'compare',
+        sentence: `compare ${tables.length} table(s) with blue as of the snapshot (${tables.join(', ')}): rows net of quarantine and keyed checksums of unchanged columns; then the invariants and conversions`,
+        side: 'both',
+        facts: { tables },
+        execute: async ({ ctx: c }) => {
+          const report = await validateCopy(c, await c.source.all(), { runId: c.journal!.runId });
+          if (!report.passed) throw new FindingsError(`validation failed:\n  ${report.failures.join('\n  ')}`, 'inspect the named tables and invariants (unexpected losses are listed with sample keys); nothing was cut over', { validation: report });
+          return { validation: report };
+        },
+      },
+    ];
   },
-  async run(ctx) {
-    const report = await validateCopy(ctx, await ctx.source.all(), { runId: ctx.journal!.runId });
-    if (!report.passed) throw new FindingsError(`validation failed:\n  ${report.failures.join('\n  ')}`, 'inspect the named tables and invariants (unexpected losses are listed with sample keys); nothing was cut over', { validation: report });
-    return { validation: report };
+  async summarize(_ctx, details) {
+    // The step's own journal unit ('') carries this: guardrails read `validation` from it.
+    return { validation: details.get('compare')?.validation };
   },
   async verify() {},
   async inputs(ctx): Promise<StepInputs> {
-    // Validation writes nothing, so changed inputs simply make it run again on resume.
+    // Validation writes nothing, so changed inputs simply make it run again on resume; so does any
+    // re-opened earlier step (the comparison is a dependent: a finished one would otherwise be kept).
     const skipTables = [...ctx.config.raw.validate.skipTables].sort();
     const invariants = invariantsOf(ctx.config);
     const summary = `validate.skipTables [${skipTables.join(', ')}], invariants [${invariants.map((i) => i.name).join(', ')}]`;
-    return { units: new Map([['', { value: { skipTables, invariants }, summary, whenChanged: 'rerun' as const }]]), whenAdded: 'run', whenRemoved: 'keep' };
+    return { units: new Map([['compare', { value: { skipTables, invariants }, summary, whenChanged: 'rerun' as const }]]), dependents: ['compare'], whenAdded: 'run', whenRemoved: 'keep' };
   },
 } satisfies Step;

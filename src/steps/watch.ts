@@ -4,6 +4,10 @@
 
 import { runAction, type ActionEnv } from '../cutover/actions.ts';
 import { probeAction, type ProbeSpec, type WatchSpec } from '../cutover/schema.ts';
+import { wiringOf } from '../cutover/wiring.ts';
+import { ExitCode, OperatorError } from '../errors.ts';
+import { checkInvariants, invariantFailures, invariantsOf } from '../validate/invariants.ts';
+import type { Action, Step } from './step.ts';
 
 /** Figures for one probe over the window. */
 export interface ProbeStats {
@@ -116,3 +120,43 @@ export async function watchWindow(spec: WatchSpec, env: ActionEnv, opts: { invar
     await new Promise((resolve) => setTimeout(resolve, next - performance.now()));
   }
 }
+
+/** The watch window ended in a breach (the cutover is rolled back). */
+export class WatchBreachError extends OperatorError {
+  constructor(readonly result: WatchResult) {
+    super(`${result.breach!.kind} breached: ${result.breach!.reason}`, {
+      hint: 'the cutover is rolled back; look at the named probe, fix it and run `migrate cutover` again',
+      exitCode: ExitCode.cutoverRolledBack,
+      detail: { watch: result },
+    });
+  }
+}
+
+/** The watch step: nothing to do when no watch window is configured. */
+export const watch = {
+  name: 'watch',
+  purpose: 'probe the services on green for the watch window; a breach rolls the cutover back',
+  async validate() {},
+  async plan(ctx) {
+    const spec = wiringOf(ctx).watch;
+    if (!spec) return [];
+    const specs = invariantsOf(ctx.config);
+    return [{
+      id: 'window',
+      sentence: `probe ${spec.probes.map((p) => p.name).join(', ')} every ${spec.intervalSeconds} s for ${spec.windowSeconds} s (max error rate ${spec.thresholds.maxErrorRate}, max latency ${spec.thresholds.maxLatencyMs} ms)`,
+      side: 'none',
+      execute: async ({ ctx: c }) => {
+        const result = await watchWindow(spec, wiringOf(c).env, {
+          invariants: async (names) => invariantFailures(await checkInvariants(c.blue, c.green, specs.filter((s) => names.includes(s.name)), { drained: true })),
+          progress: c.progress,
+        });
+        if (result.breach) throw new WatchBreachError(result);
+        return { watch: result };
+      },
+    }] satisfies Action[];
+  },
+  async summarize(_ctx, details) {
+    return { watch: details.get('window')?.watch ?? null };
+  },
+  async verify() {},
+} satisfies Step;

@@ -23,7 +23,7 @@ export const HYDRA_V1_TO_V2: VersionPair = {
   changes: HYDRA_MIGRATION_CHANGES,
   // After the last migration: states the flow merge got wrong by reading 1.11's '{}' as an error.
   repairs: HYDRA_REPAIRS,
-  fixture: { blueSchema: 'sql/fixtures/hydra-v1/schema.sql', migrations: 'sql/fixtures/hydra-v2-migrations', seeder: 'src/fixture/seed.ts' },
+  fixture: { blueSchema: 'sql/fixtures/hydra-v1/schema.sql', migrations: 'sql/fixtures/hydra-v2-migrations', seeder: 'support/fixture/seed.ts' },
 };
 
 /** The Hydra engine (config `profile: "hydra"`). */

@@ -2,8 +2,8 @@
 // consent lives in the consent tables (v1) or the flow table (v2), named by the replay profile's
 // declared semantics so the engine and replay never disagree about where consent is.
 
-import { ident } from '../db/sql.ts';
-import { PROFILE_SEMANTICS, type ReplayProfile } from '../replay/semantics.ts';
+import { ident } from '../../src/db/sql.ts';
+import { PROFILE_SEMANTICS, type ReplayProfile } from '../../src/replay/semantics.ts';
 
 /** The statements for one schema shape. */
 export interface StandinSql {

@@ -11,9 +11,9 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Miniflare } from 'miniflare';
-import { DEAD_LETTER_PREFIX, PAUSE_KEY, type DeadLetter } from './control.ts';
+import { DEAD_LETTER_PREFIX, PAUSE_KEY, type DeadLetter } from '../src/queue-consumer/control.ts';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const WRANGLER = path.join(ROOT, 'node_modules/.bin/wrangler');
 const CACHE = path.join(ROOT, 'node_modules/.cache/bluegreen-edge');
 const COMPAT_DATE = '2026-04-20';

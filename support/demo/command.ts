@@ -8,26 +8,28 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { resolveConfig } from '../config/load.ts';
-import { kvNamespaceStore } from '../cutover/kv.ts';
-import { watchSchema } from '../cutover/schema.ts';
-import { withDb, type Db } from '../db/connect.ts';
-import { startCluster, type LocalCluster } from '../db/embedded.ts';
-import { driveTraffic, planTraffic, type TrafficCursor } from '../demo/traffic.ts';
-import { UsageError } from '../errors.ts';
+import { resolveConfig } from '../../src/config/load.ts';
+import { kvNamespaceStore } from '../../src/cutover/kv.ts';
+import { runCutover } from '../../src/cutover/phase.ts';
+import { cutoverWiring } from '../../src/cutover/wiring.ts';
+import { watchSchema } from '../../src/cutover/schema.ts';
+import { withDb, type Db } from '../../src/db/connect.ts';
+import { startCluster, type LocalCluster } from '../embedded.ts';
+import { comparePlanWithJournal, type PlannedStep } from '../plan-check.ts';
+import { driveTraffic, planTraffic, type TrafficCursor } from './traffic.ts';
+import { UsageError } from '../../src/errors.ts';
 import { DIRTY_CLASSES, loadHydraV1Schema, seedHydraV1, type DirtyClass } from '../fixture/seed.ts';
-import { startEdge } from '../queue-consumer/local.ts';
-import { installGreenCapture } from '../replay/capture-green.ts';
-import { collectMetrics, metricsText } from '../report/metrics.ts';
-import type { ProgressSink } from '../runner.ts';
-import { Journal } from '../state/journal.ts';
-import { drain } from '../steps/drain.ts';
-import { runCutoverPhase } from '../steps/cutover.ts';
+import { startEdge } from '../edge.ts';
+import { collectMetrics, metricsText } from '../../src/report/metrics.ts';
+import type { ProgressSink } from '../../src/runner.ts';
+import { Journal } from '../../src/state/journal.ts';
+import { progressSink } from '../../src/report/progress.ts';
 import { startStandin, type Standin } from '../standin/server.ts';
-import { applyCommand } from './apply.ts';
-import { DEMO_FAULTS } from './demo-launcher.ts';
-import type { CommandResult } from './result.ts';
-import { withContext } from './session.ts';
+import { applyCommand } from '../../src/commands/apply.ts';
+import { planCommand } from '../../src/commands/plan.ts';
+import { DEMO_FAULTS } from '../../src/commands/demo-launcher.ts';
+import type { CommandResult } from '../../src/commands/result.ts';
+import { withContext } from '../../src/commands/session.ts';
 
 const SQL_DIR = fileURLToPath(new URL('../../sql/fixtures/', import.meta.url));
 
@@ -155,6 +157,10 @@ export async function demoCommand(flags: DemoFlags): Promise<CommandResult> {
     const env = { DEMO_BLUE_DSN: blue.dsn('hydra'), DEMO_GREEN_DSN: green.dsn('hydra'), DEMO_INTERNAL_DSN: blue.dsn('internal') };
     const config = resolveConfig(demoConfig(migrationsDir(workdir, flags.fault), greenStandin.url, flags.fault), path.join(workdir, 'demo.config.json'), env);
 
+    config.raw.watch = watchSchema.parse({ windowSeconds: 4, intervalSeconds: 1, probes: [{ name: 'router', kind: 'http', url: `${edge.url}/health/ready` }], thresholds: { maxErrorRate: 0.2, maxLatencyMs: 2000, minSamples: 3 } });
+    // What apply and cutover will run, planned before either starts; checked against the journal at the end.
+    const planned = await planCommand({ config, json: true, through: 'cutover' });
+    const plannedSteps = (planned.json.steps ?? []) as PlannedStep[];
     const plan = await withDb('blue', blue.dsn('hydra'), (db) => planTraffic(db, flags.traffic));
     const cursor: TrafficCursor = { next: 0, ok: 0 };
     say(`window: apply runs while ${plan.ops.length} revocation requests go through the router`);
@@ -174,39 +180,9 @@ export async function demoCommand(flags: DemoFlags): Promise<CommandResult> {
 
     const outcome = await withContext({ config }, async (ctx) => {
       ctx.journal = new Journal(ctx.blue, String(applied.json.runId));
-      const engine = ctx.config.engine;
-      await installGreenCapture(ctx.green, engine.capture.green);
-      // Catch up before the flip, so the drain after it only carries the tail.
-      const timed: { name: string; status: 'done' | 'failed' | 'not-run'; ms: number }[] = [];
-      let started = Date.now();
-      const before = await drain({ source: ctx.blue, sourceSide: 'blue', target: ctx.green, profile: engine.replay.green });
-      timed.push({ name: 'drain-before-cutover', status: 'done', ms: Date.now() - started });
-      say(`pre-cutover drain: ${before.applied} captured revocations replayed into green`);
-      const watch = watchSchema.parse({ windowSeconds: 4, intervalSeconds: 1, probes: [{ name: 'router', kind: 'http', url: `${edge.url}/health/ready` }], thresholds: { maxErrorRate: 0.2, maxLatencyMs: 2000, minSamples: 3 } });
-      started = Date.now();
-      const phase = await runCutoverPhase({
-        ctx,
-        yes: true,
-        env: { ...process.env, ...env },
-        kv: () => kvNamespaceStore(edge.routes),
-        watch,
-        drain: async () => {
-          const drainStarted = Date.now();
-          await edge.resumeConsumer();
-          const tail = await drain({ source: ctx.blue, sourceSide: 'blue', target: ctx.green, profile: engine.replay.green }).catch((err: unknown) => {
-            timed.push({ name: 'drain', status: 'failed', ms: Date.now() - drainStarted });
-            throw err;
-          });
-          timed.push({ name: 'drain', status: 'done', ms: Date.now() - drainStarted });
-          return { replayed: before.applied + tail.applied };
-        },
-        replayToBlue: async () => ({ replayed: (await drain({ source: ctx.green, sourceSide: 'green', target: ctx.blue, profile: engine.replay.blue })).applied }),
-      });
-      // The cutover phase's own steps, in the order they ran, so `steps` tells the whole story.
-      const flipped = phase.cutover.targets.some((t) => t.status !== 'pending');
-      timed.splice(1, 0, { name: 'cutover', status: phase.cutover.rolledBack || !flipped ? 'failed' : 'done', ms: phase.cutover.ms });
-      timed.push({ name: 'watch', status: phase.watch ? (phase.watch.breach ? 'failed' : 'done') : 'not-run', ms: phase.watch?.ms ?? 0 });
-      timed.push({ name: 'cutover-phase', status: phase.error ? 'failed' : 'done', ms: Date.now() - started });
+      // The same steps `migrate cutover` runs; the demo only supplies its local KV, probes and consumer.
+      ctx.cutover = cutoverWiring(ctx.config, { kv: () => kvNamespaceStore(edge.routes), env: { ...process.env, ...env }, beforeDrain: () => edge.resumeConsumer() });
+      const phase = await runCutover(ctx, { yes: true, sink: flags.sink ?? progressSink(!!flags.json) });
       const metrics = await collectMetrics(ctx, { probesBefore: phase.probesBefore, probesAfter: phase.watch?.probes ?? [] });
       const captured = Number((await ctx.blue.query<{ n: string }>('SELECT count(*) AS n FROM bluegreen.outbox')).rows[0]?.n ?? 0);
       const replayed = Number((await ctx.green.query<{ n: string }>('SELECT count(*) AS n FROM bluegreen_green.replayed')).rows[0]?.n ?? 0);
@@ -216,17 +192,19 @@ export async function demoCommand(flags: DemoFlags): Promise<CommandResult> {
       const lost = plan.mustBeInactive.filter((s) => liveActive.has(s)).length;
       const resurrected = [...liveActive].filter((s) => !blueActive.has(s) && !s.startsWith('ory_')).length;
       const upstream = await edge.routes.get('upstream', 'text');
-      return { phase, metrics, timed, revocations: { requests: plan.ops.length, succeeded: cursor.ok, captured, replayed, lost, resurrected }, upstream };
+      const planCheck = comparePlanWithJournal(plannedSteps, await ctx.journal.rows());
+      return { phase, metrics, planCheck, revocations: { requests: plan.ops.length, succeeded: cursor.ok, captured, replayed, lost, resurrected }, upstream };
     });
-    const { phase, metrics, revocations, timed } = outcome;
+    const { phase, metrics, revocations, planCheck } = outcome;
     const exitCode = phase.error?.exitCode ?? 0;
     const json = {
       ...base,
-      steps: [...(applied.json.steps as { name: string; status: string; ms: number }[]), ...timed],
+      steps: [...(applied.json.steps as { name: string; status: string; ms: number }[]), ...phase.steps.map(({ name, status, ms }) => ({ name, status, ms }))],
       ok: exitCode === 0 && revocations.lost === 0 && revocations.resurrected === 0,
       exitCode,
       revocations,
       cutover: { targets: phase.cutover.targets, rolledBack: phase.cutover.rolledBack, failure: phase.cutover.failure, rollbackOrder: phase.cutover.rollbackOrder },
+      planCheck,
       servingSide: outcome.upstream === greenStandin.url ? 'green' : 'blue',
       lever: phase.lever,
       metrics,

@@ -8,8 +8,8 @@
 // check. Used by tests.
 
 import crypto from 'node:crypto';
-import { MAX_PULL_BATCH, QueueDeliveryPausedError, type AckResult, type PulledMessage, type QueueConsumerInfo, type QueueInfo, type RetryRequest, type RevocationQueue } from './queue.ts';
-import { decodePulledBody, encodeForPull, type QueueContentType, type WireBody } from './wire.ts';
+import { MAX_PULL_BATCH, QueueDeliveryPausedError, type AckResult, type PulledMessage, type QueueConsumerInfo, type QueueInfo, type RetryRequest, type RevocationQueue } from '../../src/queue/queue.ts';
+import { decodePulledBody, encodeForPull, type QueueContentType, type WireBody } from '../../src/queue/wire.ts';
 
 interface Stored {
   id: string;

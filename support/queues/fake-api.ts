@@ -6,8 +6,8 @@
 
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { QueueDeliveryPausedError } from './queue.ts';
-import type { LocalQueue } from './local.ts';
+import { QueueDeliveryPausedError } from '../../src/queue/queue.ts';
+import type { LocalQueue } from './local-queue.ts';
 
 /** A failure the server answers with once, before serving normally again. */
 export interface InjectedFault {

@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import pg from 'pg';
-import type { ReplayProfile } from '../replay/semantics.ts';
+import type { ReplayProfile } from '../../src/replay/semantics.ts';
 import { standinSql } from './sql.ts';
 
 /** The Server header of every response. */
