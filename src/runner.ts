@@ -16,11 +16,17 @@ import { preflight } from './steps/preflight.ts';
 import { snapshot } from './steps/snapshot.ts';
 import type { Action, RunOptions, Step, StepContext, StepName } from './steps/step.ts';
 import { resumeState, stampsOf } from './state/resume.ts';
+import { stream } from './steps/stream.ts';
 import { validate } from './steps/validate.ts';
 import { executeStep, type ActionOutcome } from './run-step.ts';
 
-/** Every step, in the order apply runs them. */
+/** Every step, in the order apply runs them (without the optional ones: see {@link applySteps}). */
 export const STEPS: readonly Step[] = [preflight, capture, snapshot, cleanup, migrate, validate];
+
+/** The steps apply runs for a config: STEPS, then the stream when `stream.enabled`. */
+export function applySteps(config: ResolvedConfig): readonly Step[] {
+  return config.raw.stream.enabled ? [...STEPS, stream] : STEPS;
+}
 
 /** Outcome of one step. */
 export interface StepResult {
@@ -90,7 +96,7 @@ export function configDigest(config: ResolvedConfig): string {
 }
 
 /** Every step's plan, computed read-only; steps in `finished` (done in the run being resumed) are not planned, as apply would not plan them. */
-export async function planAll(ctx: StepContext, steps: readonly Step[] = STEPS, finished: ReadonlySet<StepName> = new Set()): Promise<{ step: StepName; purpose: string; actions: ReportedAction[] }[]> {
+export async function planAll(ctx: StepContext, steps: readonly Step[], finished: ReadonlySet<StepName> = new Set()): Promise<{ step: StepName; purpose: string; actions: ReportedAction[] }[]> {
   for (const s of steps) await s.validate(ctx);
   const out = [];
   for (const s of steps) out.push({ step: s.name, purpose: s.purpose, actions: finished.has(s.name) ? [] : (await s.plan(ctx)).map(describeAction) });
@@ -110,7 +116,7 @@ export interface ApplyOutcome {
 }
 
 /** Which steps `apply` runs; everything after a failure is reported as not-run. `rehearsal`: `apply --dry-run`, journalled as such. */
-export async function apply(ctx: StepContext, mode: ResumeMode, sink: ProgressSink, steps: readonly Step[] = STEPS, opts: { rehearsal?: boolean } = {}): Promise<ApplyOutcome> {
+export async function apply(ctx: StepContext, mode: ResumeMode, sink: ProgressSink, steps: readonly Step[], opts: { rehearsal?: boolean } = {}): Promise<ApplyOutcome> {
   await acquireRunLock(ctx.blue);
   for (const s of steps) await s.validate(ctx);
   const last = await latestRun(ctx.blue, { kind: opts.rehearsal ? 'rehearsal' : 'real' });

@@ -65,7 +65,8 @@ export async function startCluster(opts: StartClusterOptions): Promise<LocalClus
   const base = fs.mkdtempSync(path.join(opts.baseDir ?? os.tmpdir(), `bluegreen-${opts.name}-`));
   fs.chmodSync(base, 0o755);
   const password = 'local-only';
-  const settings = { fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off', max_connections: '200', ...opts.settings };
+  // Logical WAL, slots and senders as a streaming run needs them on blue (stream.enabled); harmless on green.
+  const settings = { fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off', max_connections: '200', wal_level: 'logical', max_replication_slots: '32', max_wal_senders: '32', ...opts.settings };
   let lastError = '';
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();

@@ -1,7 +1,7 @@
 // The proof that the plan is the execution: every action `migrate plan --json` printed is a journal
 // unit that ran, with the very SQL the plan showed, and no unit ran that the plan did not show. The
 // demo reports it and the tests assert it; records a step keeps beside its actions (each cutover
-// target's state, the lever's saved TTL) are the only other units allowed.
+// target's state, the lever's saved TTL, the stream's slot) are the only other units allowed.
 
 import type { JournalRow } from '../src/state/journal.ts';
 
@@ -32,7 +32,7 @@ export interface PlanCheck {
 }
 
 /** Units a step journals beside its actions: records, not work. */
-const RECORD_UNIT = /^(target:.+|ttl)$/;
+const RECORD_UNIT = /^(target:.+|ttl|slot)$/;
 
 /** Compares the planned steps with the journal rows of the run that executed them. */
 export function comparePlanWithJournal(planned: readonly PlannedStep[], rows: readonly Pick<JournalRow, 'step' | 'unit' | 'status' | 'detail'>[]): PlanCheck {

@@ -23,7 +23,7 @@ async function demo(args: string[]): Promise<{ code: number | null; doc: DemoDoc
 }
 
 describe('migrate demo', () => {
-  it('cuts over three targets after the window with no revocation lost or resurrected', async () => {
+  it('cuts over three targets after the window with no revocation lost or resurrected', { timeout: 300_000 }, async () => {
     const { code, doc, stderr } = await demo([]);
     expect(code, stderr.slice(-3000)).toBe(0);
     expect(doc.ok).toBe(true);
@@ -47,7 +47,7 @@ describe('migrate demo', () => {
     expect(stderr).toContain('removing temp files');
   });
 
-  it('rolls every target back and keeps blue serving when one target fails (exit 8)', async () => {
+  it('rolls every target back and keeps blue serving when one target fails (exit 8)', { timeout: 300_000 }, async () => {
     const { code, doc } = await demo(['--fault', 'target-fails']);
     expect(code).toBe(8);
     expect(doc.ok).toBe(false);
@@ -59,7 +59,7 @@ describe('migrate demo', () => {
     expect(doc.lever).toMatchObject({ restored: true });
   });
 
-  it('catches a corrupting migration by invariant and cuts nothing over (exit 5)', async () => {
+  it('catches a corrupting migration by invariant and cuts nothing over (exit 5)', { timeout: 300_000 }, async () => {
     const { code, doc } = await demo(['--fault', 'corrupt-migration']);
     expect(code).toBe(5);
     expect(doc.cutover).toBeNull();

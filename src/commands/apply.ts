@@ -14,7 +14,7 @@ import { applyMarkdown } from '../report/apply-summary.ts';
 import { checkGuardrails, outboxBacklog } from '../cutover/guardrails.ts';
 import { Journal } from '../state/journal.ts';
 import { collectMetrics, dbStats, metricsText, recordBaseline } from '../report/metrics.ts';
-import { apply, STEPS, type ProgressSink } from '../runner.ts';
+import { apply, applySteps, type ProgressSink } from '../runner.ts';
 import type { ValidationReport } from '../steps/validate.ts';
 import { validationLines } from '../validate/report-text.ts';
 import type { ResumeMode } from '../state/journal.ts';
@@ -71,7 +71,7 @@ export async function applyCommand(flags: ApplyFlags): Promise<CommandResult> {
   const run = { acceptNewSnapshot: !!flags.acceptNewSnapshot, restart: !!flags.restart, resume: !!flags.resume, allowNoMigrations: !!flags.allowNoMigrations, ...(flags.jobs ? { jobs: flags.jobs } : {}), ...(flags.verify ? { verify: flags.verify } : {}) };
   return withContext({ config: flags.config, run, ...(hooks ? { hooks } : {}) }, async (ctx) => {
     const baseline = await dbStats(ctx.green);
-    const outcome = await apply(ctx, mode, flags.sink ?? progressSink(!!flags.json), STEPS, { rehearsal: !!flags.dryRun });
+    const outcome = await apply(ctx, mode, flags.sink ?? progressSink(!!flags.json), applySteps(ctx.config), { rehearsal: !!flags.dryRun });
     // After a failed run a side may be gone: the figures are best effort, the error stays the report.
     const bestEffort = <T>(work: Promise<T>): Promise<T | null> => (outcome.error ? work.catch(() => null) : work);
     await bestEffort(recordBaseline(ctx, baseline));

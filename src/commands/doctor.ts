@@ -1,12 +1,15 @@
 // `migrate doctor`: is this machine ready? Client binaries, Node, and (with --config) both
 // databases and every preflight check. Says what to install when something is missing or too old.
+// The stream's checks are shown even when stream.enabled is off (a failure is then informational),
+// and every replication slot of ours on blue is listed: one no run reads keeps WAL on blue.
 
 import { binaryVersion } from '../db/binaries.ts';
 import { ExitCode, OperatorError, type ExitCodeValue } from '../errors.ts';
 import { checkQueueConsumer } from '../queue/consumer-check.ts';
 import { cleanup } from '../steps/cleanup.ts';
-import { runChecks, type CheckResult } from '../steps/preflight.ts';
+import { runChecks, streamChecks, type CheckResult } from '../steps/preflight.ts';
 import type { StepContext } from '../steps/step.ts';
+import { dropSlotHint, retainedText, streamStatus, type SlotState } from '../stream/readiness.ts';
 import { table, type CommandResult } from './result.ts';
 import { withContext } from './session.ts';
 
@@ -40,9 +43,37 @@ async function cleanupRulesCheck(ctx: StepContext): Promise<DoctorCheck> {
   }
 }
 
+/** The stream's checks as doctor shows them: with stream.enabled off a failure is informational (a warning). */
+async function streamDoctorChecks(ctx: StepContext): Promise<DoctorCheck[]> {
+  if (ctx.config.raw.stream.enabled) return []; // preflight's own checks include them
+  return (await streamChecks(ctx)).map((c) => (c.ok ? c : { ...c, ok: true, warn: true, detail: `needed for stream.enabled: ${c.detail}` }));
+}
+
+/** A slot of ours as doctor lists it. */
+type DoctorSlot = SlotState & { retained: string; leftBehind: boolean; why?: string };
+
+/** Slots of ours on blue, and a warning naming those no live run reads (they keep WAL on blue). */
+async function slotsOfOurs(ctx: StepContext): Promise<{ slots: DoctorSlot[]; check: DoctorCheck | null }> {
+  const stream = await streamStatus(ctx.blue, { enabled: ctx.config.raw.stream.enabled });
+  const left = stream.leftBehind.map((s) => ({ ...s, retained: retainedText(s), leftBehind: true }));
+  const slots = [...(stream.slot ? [{ ...stream.slot, retained: retainedText(stream.slot), leftBehind: false }] : []), ...left];
+  if (!left.length) return { slots, check: null };
+  return {
+    slots,
+    check: {
+      id: 'stream-left-behind',
+      ok: true,
+      warn: true,
+      detail: `replication slot(s) of ours no live run reads, keeping WAL on blue: ${left.map((s) => `${s.name} (${s.why}; ${s.active ? 'active' : 'inactive'}, retains ${s.retained})`).join(', ')}`,
+      hint: left.map((s) => dropSlotHint(s.name)).join('; '),
+    },
+  };
+}
+
 /** Runs `migrate doctor`; the exit code names the cause (2 config, 6 blue, 7 green, 3 a failed check). */
 export async function doctorCommand(flags: { config?: string; json?: boolean }): Promise<CommandResult> {
   const checks: DoctorCheck[] = [];
+  let slots: DoctorSlot[] = [];
   const nodeMajor = Number(process.versions.node.split('.')[0]);
   checks.push({ id: 'node', ok: nodeMajor >= 20, detail: `node ${process.versions.node}`, hint: 'install Node.js 20.19 or newer' });
   const dump = await binaryVersion('pg_dump');
@@ -60,6 +91,10 @@ export async function doctorCommand(flags: { config?: string; json?: boolean }):
         // Preflight checks pg_dump against blue's major too; the machine check above already listed it.
         const listed = new Set(checks.map((c) => c.id));
         checks.push(...(await runChecks(ctx)).map((c) => (listed.has(c.id) ? { ...c, id: `${c.id} (blue ${c.id === 'pg_dump' ? 'major' : 'server'})` } : c)));
+        checks.push(...(await streamDoctorChecks(ctx)));
+        const ours = await slotsOfOurs(ctx);
+        slots = ours.slots;
+        if (ours.check) checks.push(ours.check);
         checks.push(await cleanupRulesCheck(ctx));
         checks.push(...(await checkQueueConsumer(ctx.config)));
       });
@@ -71,12 +106,17 @@ export async function doctorCommand(flags: { config?: string; json?: boolean }):
   }
   const exitCode = doctorExitCode(checks);
   const ok = exitCode === ExitCode.ok;
-  // A hint is advice for a failure; on a passing check it would read as a warning.
-  const shown = checks.map(({ exitCode: _code, ...c }) => (c.ok ? { id: c.id, ok: c.ok, detail: c.detail } : c));
+  // A hint is advice for a failure or a warning; on a passing check it would read as a warning.
+  const shown = checks.map(({ exitCode: _code, ...c }) => (c.ok && !c.warn ? { id: c.id, ok: c.ok, detail: c.detail } : c));
+  const warnings = shown.filter((c) => c.ok && c.warn).length;
   const text = [
-    table([['check', 'ok', 'detail'], ...shown.map((c) => [c.id, c.ok ? 'yes' : 'NO', c.detail])]),
+    table([['check', 'ok', 'detail'], ...shown.map((c) => [c.id, c.ok ? (c.warn ? 'warn' : 'yes') : 'NO', c.detail])]),
     ...shown.filter((c) => !c.ok && c.hint).map((c) => `fix ${c.id}: ${c.hint}`),
-    ok ? 'doctor: all checks passed' : 'doctor: some checks failed',
+    ...shown.filter((c) => c.ok && c.warn && c.hint).map((c) => `note ${c.id}: ${c.hint}`),
+    ...(slots.length
+      ? [table([['slot on blue', 'active', 'retained WAL', 'wal_status', 'run'], ...slots.map((s) => [s.name, s.active ? 'yes' : 'no', s.retained, s.walStatus ?? '-', s.leftBehind ? 'LEFT BEHIND' : 'current'])])]
+      : []),
+    `${ok ? 'doctor: all checks passed' : 'doctor: some checks failed'}${warnings ? ` (${warnings} warning(s): read the notes)` : ''}`,
   ];
-  return { exitCode, json: { ok, exitCode, checks: shown }, text: text.join('\n') };
+  return { exitCode, json: { ok, exitCode, checks: shown, ...(flags.config ? { slots } : {}) }, text: text.join('\n') };
 }

@@ -7,7 +7,7 @@ import { migrateInPlace } from '../inplace/steps.ts';
 import type { ResolvedConfig } from '../config/load.ts';
 import { CUTOVER_STEPS } from '../cutover/phase.ts';
 import { cutoverWiring } from '../cutover/wiring.ts';
-import { planAll, STEPS, type ReportedAction } from '../runner.ts';
+import { applySteps, planAll, type ReportedAction } from '../runner.ts';
 import { remainingUnits, resumeState, type ResumeStatus } from '../state/resume.ts';
 import { safetyLines, safetyReport } from './plan-safety.ts';
 import { Journal, latestRun } from '../state/journal.ts';
@@ -23,10 +23,10 @@ export async function planCommand(flags: Omit<CommonOptions, 'config'> & { confi
     // The judgement apply --resume acts on (same function): steps it skips are not planned either.
     const resuming = ctx.options.resume && !flags.inPlace && last ? last : null;
     if (resuming) ctx.journal = new Journal(ctx.blue, resuming.run_id);
-    const states = new Map((resuming && ctx.journal ? await resumeState(ctx, ctx.journal, STEPS) : []).map((r) => [r.step, r]));
+    const states = new Map((resuming && ctx.journal ? await resumeState(ctx, ctx.journal, applySteps(ctx.config)) : []).map((r) => [r.step, r]));
     const skipped = new Set([...states.values()].filter((r) => r.status === 'done' || r.status === 'refused').map((r) => r.step));
     // In place, the pre-flight's failing rows are shown below instead of stopping the plan.
-    const planned = await planAll(ctx, flags.inPlace ? [migrateInPlace] : STEPS, skipped);
+    const planned = await planAll(ctx, flags.inPlace ? [migrateInPlace] : applySteps(ctx.config), skipped);
     // The cutover's steps, as `migrate cutover` would plan them after this apply (read-only, nothing is probed).
     if (flags.through === 'cutover' && !flags.inPlace) {
       ctx.cutover = cutoverWiring(ctx.config);

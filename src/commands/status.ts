@@ -6,7 +6,8 @@ import { readMarker } from '../db/green.ts';
 import { listQuarantine } from '../db/quarantine.ts';
 import { cutoverLines, leverRecord, targetRecords } from '../cutover/state.ts';
 import { Journal, latestRun, type RunRow } from '../state/journal.ts';
-import { CUTOVER_STEP_ORDER, IN_PLACE_STEP_ORDER, STEP_ORDER } from '../steps/step.ts';
+import { CUTOVER_STEP_ORDER, IN_PLACE_STEP_ORDER, OPTIONAL_STEP_ORDER, STEP_ORDER } from '../steps/step.ts';
+import { streamStatus, streamStatusLines } from '../stream/readiness.ts';
 import { table, type CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
 
@@ -22,16 +23,19 @@ export async function statusCommand(flags: CommonOptions): Promise<CommandResult
     const newest = await latestRun(ctx.blue, { kind: 'rehearsal' });
     const rehearsal = newest && (!run || newest.started_at > run.started_at) ? newest : null;
     const marker = await readMarker(ctx.green);
+    // The run's slot on blue (and the newest rehearsal's); any other slot of ours is left behind.
+    const stream = await streamStatus(ctx.blue, { enabled: ctx.config.raw.stream.enabled });
     if (!run) {
-      const text = ['no run yet: start with `migrate plan`, then `migrate apply`', rehearsal ? rehearsalLine(rehearsal) : ''].filter(Boolean).join('\n');
-      return { exitCode: 0, json: { ok: true, exitCode: 0, run: null, rehearsal, green: marker }, text };
+      const text = ['no run yet: start with `migrate plan`, then `migrate apply`', rehearsal ? rehearsalLine(rehearsal) : '', ...streamStatusLines(stream)].filter(Boolean).join('\n');
+      return { exitCode: 0, json: { ok: true, exitCode: 0, run: null, rehearsal, green: marker, stream }, text };
     }
     const rows = await new Journal(ctx.blue, run.run_id).rows();
     const units = rows.filter((r) => r.unit !== '');
     // Every step of the lifecycle in run order, those not reached yet included; then earlier cutover attempts.
     const own = new Map(rows.filter((r) => r.unit === '').map((r) => [r.step, r]));
     const inPlace = own.has('constraints') || own.has('migrate-in-place');
-    const order: readonly string[] = inPlace ? IN_PLACE_STEP_ORDER : [...STEP_ORDER, ...CUTOVER_STEP_ORDER];
+    const streams = ctx.config.raw.stream.enabled || own.has('stream');
+    const order: readonly string[] = inPlace ? IN_PLACE_STEP_ORDER : [...STEP_ORDER, ...(streams ? OPTIONAL_STEP_ORDER : []), ...CUTOVER_STEP_ORDER];
     const steps = [...order.map((name) => own.get(name) ?? { step: name, unit: '', status: 'not started', started_at: null, finished_at: null, detail: {} }), ...[...own.values()].filter((r) => !order.includes(r.step))];
     const quarantine = await listQuarantine(ctx.green).catch(() => []);
     const journal = new Journal(ctx.blue, run.run_id);
@@ -42,9 +46,10 @@ export async function statusCommand(flags: CommonOptions): Promise<CommandResult
       table([['step', 'status', 'units done'], ...steps.map((s) => [s.step, s.status, String(units.filter((u) => u.step === s.step && u.status === 'done').length)])]),
       `quarantined rows: ${quarantine.reduce((a, q) => a + q.rows, 0)}`,
       ...cutoverLines(cutover.targets, cutover.lever),
+      ...streamStatusLines(stream),
       run.status === 'failed' || run.status === 'running' ? 'next: fix the cause, then `migrate apply --resume`' : '',
       rehearsal ? rehearsalLine(rehearsal) : '',
     ].filter(Boolean);
-    return { exitCode: 0, json: { ok: true, exitCode: 0, run, rehearsal, steps, units, green: marker, quarantine, cutover }, text: text.join('\n') };
+    return { exitCode: 0, json: { ok: true, exitCode: 0, run, rehearsal, steps, units, green: marker, quarantine, cutover, stream }, text: text.join('\n') };
   });
 }

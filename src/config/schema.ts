@@ -92,6 +92,14 @@ export const configSchema = z.strictObject({
       excludeSchemas: z.array(identifierish).default([]),
     })
     .default({ excludeSchemas: [] }),
+  stream: z
+    .strictObject({
+      enabled: z.boolean().default(false).describe('stream every write made on blue after the snapshot (logical decoding, pgoutput) into a change log on green; needs wal_level = logical on blue'),
+      batchChanges: z.number().int().min(1).max(1_000_000).default(5000).describe('changes staged on green per transaction'),
+      maxLagSeconds: z.number().min(0).default(10).describe('cutover guardrail: green must hold blue\'s changes up to a commit at most this old'),
+    })
+    .default({ enabled: false, batchChanges: 5000, maxLagSeconds: 10 })
+    .describe('the lossless window (logical decoding from the snapshot on); off by default: a slot nobody reads keeps WAL on blue'),
   cleanup: z.strictObject({ rules: z.array(cleanupRuleSchema).default([]) }).default({ rules: [] }),
   capture: z.strictObject({ tables: z.array(captureTableSchema).optional() }).default({}),
   validate: z

@@ -5,6 +5,9 @@
 // The identity checks exist because the journal describes one green: passing the other guardrails
 // from a run's journal says nothing about a different database that green.dsn may name today.
 
+import { readMark } from '../stream/changelog.ts';
+import { slotOf } from '../stream/slot.ts';
+import { lagBytes } from '../stream/upstream.ts';
 import { CUTOVER_STEP_ORDER } from '../steps/step.ts';
 import type { ResolvedConfig } from '../config/load.ts';
 import { query, type Db } from '../db/connect.ts';
@@ -23,7 +26,7 @@ export type BacklogFn = () => Promise<number>;
 /** One guardrail's verdict. */
 export interface Guardrail {
   /** Short id. */
-  id: IdentityGuardrailId | 'green-validated' | 'capture-active' | 'drain-backlog' | 'no-blocking-findings';
+  id: IdentityGuardrailId | 'green-validated' | 'capture-active' | 'drain-backlog' | 'stream-caught-up' | 'no-blocking-findings';
   /** Whether it holds. */
   ok: boolean;
   /** What was found. */
@@ -123,7 +126,23 @@ export async function checkGuardrails(blue: Db, green: Db, journal: Journal, con
   const pending = await backlog();
   const max = config.raw.guardrails.maxDrainBacklog;
   out.push({ id: 'drain-backlog', ok: pending <= max, detail: `${pending} outbox rows not yet replayed (max ${max}; run \`migrate drain\`)` });
+  if (config.raw.stream.enabled) out.push(await streamGuardrail(blue, green, config.raw.stream.maxLagSeconds));
   const failed = (await journal.rows()).filter((r) => r.status === 'failed' && !CUTOVER_STEPS.has(r.step.split('#')[0]!));
   out.push({ id: 'no-blocking-findings', ok: failed.length === 0 && (validation?.failures?.length ?? 0) === 0, detail: failed.length ? `failed units: ${failed.map((r) => `${r.step}/${r.unit || '-'}`).join(', ')}` : 'no failed step or finding in the journal' });
   return out;
+}
+
+/** WAL blue may have written past the last staged commit and still count as caught up (an idle blue writes a little). */
+const CAUGHT_UP_BYTES = 1024 * 1024;
+
+/** Green holds blue's changes up to a recent commit (or blue wrote next to nothing since): the catch-up before the flip stays short. */
+async function streamGuardrail(blue: Db, green: Db, maxLagSeconds: number): Promise<Guardrail> {
+  const { name } = await slotOf(blue);
+  const staged = (await query<{ ok: boolean }>(green, "SELECT to_regclass('bluegreen_green.stream_mark') IS NOT NULL AS ok", [], { side: 'green' })).rows[0]?.ok;
+  const mark = staged ? await readMark(green, name) : { applied: null, committedAt: null };
+  if (mark.applied === null) return { id: 'stream-caught-up', ok: false, detail: `nothing of slot ${name} is staged on green yet (run \`migrate apply --resume\`, whose stream step catches up)` };
+  const bytes = await lagBytes(blue, mark.applied);
+  const seconds = mark.committedAt ? (Date.now() - mark.committedAt.getTime()) / 1000 : null;
+  const ok = bytes <= CAUGHT_UP_BYTES || (seconds !== null && seconds <= maxLagSeconds);
+  return { id: 'stream-caught-up', ok, detail: `green's change log is ${bytes} byte(s) of WAL behind blue, last staged commit ${seconds === null ? 'unknown' : `${Math.round(seconds)} s`} ago (max ${maxLagSeconds} s)` };
 }

@@ -114,13 +114,15 @@ function rememberSide(client: pg.Client, side: Side): void {
 export interface ConnectOptions {
   /** The session keeps an exported or imported snapshot open while idle: no idle-in-transaction timeout. */
   holdsSnapshot?: boolean;
+  /** A logical replication connection (`replication=database`): replication commands and plain SQL. */
+  replication?: boolean;
 }
 
 /** Opens one connection to `dsn`; failures name the side and never echo the password. */
 export async function connect(side: Side, dsn: string, applicationName = `migrate-${side}`, opts: ConnectOptions = {}): Promise<Db> {
   let client: pg.Client;
   try {
-    client = new pg.Client({ connectionString: dsn, application_name: applicationName, connectionTimeoutMillis: 10_000 });
+    client = new pg.Client({ connectionString: dsn, application_name: applicationName, connectionTimeoutMillis: 10_000, ...(opts.replication ? { replication: 'database' } : {}) });
   } catch (err) {
     throw new ConnectionError(side, `the ${side} DSN cannot be parsed: ${redact(String((err as Error).message))}`, `check ${side}.dsn in the config`, err);
   }

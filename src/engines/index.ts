@@ -5,7 +5,7 @@
 import type { CaptureTable } from '../config/schema.ts';
 import type { InvariantSpec } from '../cutover/schema.ts';
 import { HYDRA } from './hydra/index.ts';
-import type { AccessCarrier, Conversion, EngineCleanupRule, Engine, MigrationChange, NullRewrite, PostMigrationRepair, ReplayProfile, VersionPair } from './types.ts';
+import type { AccessCarrier, Conversion, EngineCleanupRule, Engine, MigrationChange, NullRewrite, PostMigrationRepair, ReplayProfile, StreamMapping, VersionPair } from './types.ts';
 
 /** Engines by config name; `none` knows nothing (everything comes from the config). */
 export const ENGINES: Readonly<Record<'hydra' | 'none', Engine>> = {
@@ -21,6 +21,10 @@ export interface ResolvedEngine {
   versions: string | null;
   /** Capture tables: blue (old shape) and green after cutover (new shape). */
   capture: { blue: readonly CaptureTable[]; green: readonly CaptureTable[] };
+  /** Old-shape tables the engine writes (the stream's publication); empty: every copied table. */
+  writes: readonly string[];
+  /** How staged changes become rows of the new shape; null: they are staged only. */
+  streamMapping: StreamMapping | null;
   /** Cleanup rules the engine brings (before configured ones). */
   cleanupRules: readonly EngineCleanupRule[];
   /** Dangling references followed to NULL instead of quarantined. */
@@ -57,6 +61,8 @@ export function resolveEngine(profile: 'hydra' | 'none', replayProfile: ReplayPr
     name: engine.name,
     versions: pair ? `${pair.from} -> ${pair.to}` : null,
     capture: pair?.capture ?? { blue: [], green: [] },
+    writes: pair?.writes ?? [],
+    streamMapping: pair?.streamMapping ?? null,
     cleanupRules: pair?.cleanup.rules ?? [],
     rewrites: pair?.cleanup.rewrites ?? [],
     accessCarriers: pair?.cleanup.accessCarriers ?? [],

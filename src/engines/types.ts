@@ -193,6 +193,10 @@ export interface VersionPair {
   to: string;
   /** Tables whose access-removing writes are captured: on blue (old shape) and on green after cutover (new shape). */
   capture: { blue: readonly CaptureTable[]; green: readonly CaptureTable[] };
+  /** Old-shape tables the engine writes in normal operation (schema-qualified): the stream's publication, where they exist. */
+  writes: readonly string[];
+  /** How staged changes of the old shape become rows of the new one (src/stream/apply-changes.ts); null: staged only. */
+  streamMapping: StreamMapping | null;
   /** Cleanup: rules (run first, in order), rewrites followed instead of quarantine, rows that carry access. */
   cleanup: { rules: readonly EngineCleanupRule[]; rewrites: readonly NullRewrite[]; accessCarriers: readonly AccessCarrier[] };
   /** Replay semantics of each side. */
@@ -217,4 +221,25 @@ export interface Engine {
   description: string;
   /** Known upgrades, the default first. */
   pairs: readonly VersionPair[];
+}
+
+/** One statement of a mapping: reads `pg_temp.bluegreen_batch` (and temp tables earlier statements made). */
+export interface MappingStatement {
+  /** Name in the stats (e.g. `upsert public.hydra_client`). */
+  id: string;
+  /** The SQL; no bind parameters. Its row count is reported under `id`. */
+  sql: string;
+}
+
+/**
+ * How one engine's old schema maps into its new one, for the change log. Candidate for
+ * src/engines/types.ts (as `VersionPair.streamMapping`), defined here until that file's owner moves it.
+ */
+export interface StreamMapping {
+  /** Which mapping (for messages). */
+  name: string;
+  /** Idempotent DDL run once per call before the first batch (staging tables the mapping keeps). */
+  setup: string;
+  /** The statements of one batch, in order. */
+  statements: readonly MappingStatement[];
 }

@@ -5,6 +5,7 @@
 import { connect, query, toPostgresError, type Db } from '../db/connect.ts';
 import { literal } from '../db/sql.ts';
 import { StateError } from '../errors.ts';
+import { createSlotExport } from '../stream/slot.ts';
 import type { Lane, StepContext } from '../steps/step.ts';
 import { STABLE_OUTPUT } from './check.ts';
 
@@ -73,11 +74,26 @@ export interface Exporter {
   release(): Promise<void>;
 }
 
-/** Exports a new snapshot; refuses to replace a gone one mid-copy unless --accept-new-snapshot. */
+/** Journal unit (step snapshot) recording the stream's slot and the LSN it starts from. */
+export const SLOT_RECORD = 'slot';
+
+/**
+ * Exports a new snapshot (with `stream.enabled`, the snapshot of a new logical replication slot);
+ * refuses to replace a gone one mid-copy unless --accept-new-snapshot (never with a stream).
+ */
 export async function exportSnapshot(ctx: StepContext, copiedAny: boolean): Promise<Exporter> {
   const journal = ctx.journal!;
   const previous = (await query<{ snapshot_id: string | null }>(ctx.blue, 'SELECT snapshot_id FROM bluegreen.run WHERE run_id = $1', [journal.runId])).rows[0]?.snapshot_id ?? null;
+  const stream = ctx.config.raw.stream.enabled;
   if (previous && copiedAny && !(await snapshotAlive(ctx.config.blueDsn, previous))) {
+    // The stream starts at the slot's snapshot: tables copied from another one would miss or repeat writes.
+    if (stream) {
+      throw new StateError(
+        `snapshot ${previous} of run ${journal.runId} is gone (its session ended) and part of the data was copied from it; the change stream starts exactly at that snapshot`,
+        `run \`migrate apply --restart --config ${ctx.config.file}\` to copy again from a new slot and snapshot (--accept-new-snapshot cannot keep a stream lossless)`,
+        { previousSnapshot: previous },
+      );
+    }
     if (!ctx.options.acceptNewSnapshot) {
       throw new StateError(
         `snapshot ${previous} of run ${journal.runId} is gone (its session ended) and part of the data was copied from it`,
@@ -86,6 +102,14 @@ export async function exportSnapshot(ctx: StepContext, copiedAny: boolean): Prom
       );
     }
     ctx.progress(`snapshot ${previous} is gone; continuing with a new snapshot as --accept-new-snapshot allows`);
+  }
+  if (stream) {
+    const exported = await createSlotExport(ctx.blue, ctx.config.blueDsn);
+    await journal.updateRun({ snapshot_id: exported.snapshotId });
+    // A record beside the step's actions: where the stream starts (status, the stream step, the guardrail).
+    await journal.finish('snapshot', SLOT_RECORD, { slot: exported.slot, consistentPoint: exported.consistentPoint, snapshotId: exported.snapshotId });
+    ctx.progress(`slot ${exported.slot} streams every write committed after ${exported.consistentPoint}; the copy reads its snapshot`);
+    return exported;
   }
   const db = await connect('blue', ctx.config.blueDsn, 'migrate-snapshot-exporter', { holdsSnapshot: true });
   let snapshotId: string;

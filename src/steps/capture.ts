@@ -8,6 +8,7 @@ import { query, type Db } from '../db/connect.ts';
 import { ident, literal, qualified } from '../db/sql.ts';
 import { ConfigError, StateError, type ConfigIssue, type Side } from '../errors.ts';
 import { runSqlActions } from '../run-step.ts';
+import { publicationAction } from '../stream/publication.ts';
 import type { Action, Step } from './step.ts';
 
 const CAPTURE_SQL = fs.readFileSync(new URL('../../sql/state/capture.sql', import.meta.url), 'utf8');
@@ -113,6 +114,8 @@ export const capture = {
     for (const t of ctx.config.captureTables) {
       actions.push({ id: `trigger:${t.table}`, sentence: `capture ${t.kind} revocations on ${t.table} (delete${t.activeColumn ? `, ${t.activeColumn} true->false` : ''})`, side: 'blue', sql: captureDdl(t).join(';\n') });
     }
+    // Every write, not only revocations: the change stream's publication (the slot comes with the snapshot).
+    if (ctx.config.raw.stream.enabled) actions.push(await publicationAction(ctx));
     return actions;
   },
   async summarize(ctx) {

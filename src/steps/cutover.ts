@@ -16,6 +16,7 @@ import { installGreenCapture } from '../replay/capture-green.ts';
 import { drain } from '../replay/drain.ts';
 import type { InvariantResult } from '../validate/invariants.ts';
 import type { Action, Step, StepContext } from './step.ts';
+import { streamActions } from './stream.ts';
 import type { ProbeStats, WatchResult } from './watch.ts';
 
 /** The cutover did not stick: every committed target was rolled back (exit 8). */
@@ -151,6 +152,8 @@ export const cutover = {
         side: 'both',
         execute: async ({ ctx: c }) => ({ replayed: (await drain({ source: c.blue, sourceSide: 'blue', target: c.green, profile: c.config.engine.replay.green, progress: c.progress })).applied }),
       },
+      // Writes blue committed so far reach green's change log before the flip, so the tail after it is short.
+      ...(ctx.config.raw.stream.enabled ? await streamActions(ctx, 'stream', 'stage the writes blue committed up to now in green\'s change log') : []),
       {
         id: 'flip',
         sentence: `prepare ${names.join(', ')}, then commit them in that order; any failure rolls the committed ones back, newest first`,

@@ -7,6 +7,7 @@ import { wiringOf } from '../cutover/wiring.ts';
 import { moreConnections } from '../db/connect.ts';
 import { drain as drainInto } from '../replay/drain.ts';
 import type { Action, Step } from './step.ts';
+import { streamActions } from './stream.ts';
 
 /** The drain step. */
 export const drain = {
@@ -15,7 +16,9 @@ export const drain = {
   async validate() {},
   async plan(ctx) {
     const w = wiringOf(ctx);
-    return [{
+    // Blue takes no write after the flip: the stream's tail is everything left in the slot.
+    const tail = ctx.config.raw.stream.enabled ? await streamActions(ctx, 'stream-tail', 'stage the last writes blue committed before the flip in green\'s change log') : [];
+    return [...tail, {
       id: 'replay',
       sentence: `replay blue's outbox${w.queue ? `, then the revocation queue${w.queue.deadLetters ? ' and its dead letters' : ''},` : ''} into green (from the high-water mark, deduplicated by event id)`,
       side: 'both',

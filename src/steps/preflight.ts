@@ -1,10 +1,13 @@
 // Preflight: everything that would make a later step fail halfway is checked before anything is
-// written: server versions, pg_dump against blue's major, privileges, and a green we may fill.
+// written: server versions, pg_dump against blue's major, privileges, and a green we may fill; with
+// stream.enabled also what the slot and the publication need on blue (src/stream/readiness.ts).
 
 import { binaryVersion } from '../db/binaries.ts';
 import { query, type Db } from '../db/connect.ts';
 import { assertGreenUsable } from '../db/green.ts';
 import { OperatorError, StateError } from '../errors.ts';
+import { publishedTables } from '../stream/publication.ts';
+import { streamReadiness } from '../stream/readiness.ts';
 import type { Action, Step, StepContext } from './step.ts';
 
 /** One preflight check's outcome. */
@@ -15,8 +18,10 @@ export interface CheckResult {
   ok: boolean;
   /** What was found. */
   detail: string;
-  /** What to do when it failed. */
+  /** What to do when it failed (or about a warning). */
   hint?: string;
+  /** A finding that never fails the preflight but must be read (ok stays true). */
+  warn?: boolean;
 }
 
 async function serverMajor(db: Db): Promise<{ num: number; major: number }> {
@@ -33,8 +38,16 @@ async function privileges(db: Db): Promise<{ superuser: boolean; canCreate: bool
   return { superuser: rows[0]?.superuser ?? false, canCreate: rows[0]?.can_create ?? false };
 }
 
-/** Runs every preflight check (read-only) and returns all results. */
-export async function runChecks(ctx: Pick<StepContext, 'blue' | 'green' | 'options'>): Promise<CheckResult[]> {
+/**
+ * The stream's readiness checks on blue for exactly the tables its publication will hold: those the
+ * engine writes (present on blue), else every table the snapshot copies.
+ */
+export async function streamChecks(ctx: StepContext): Promise<CheckResult[]> {
+  return streamReadiness(ctx.blue, { tables: await publishedTables(ctx) });
+}
+
+/** Runs every preflight check (read-only) and returns all results; the stream's when stream.enabled. */
+export async function runChecks(ctx: StepContext): Promise<CheckResult[]> {
   const results: CheckResult[] = [];
   const blue = await serverMajor(ctx.blue);
   const green = await serverMajor(ctx.green);
@@ -74,10 +87,11 @@ export async function runChecks(ctx: Pick<StepContext, 'blue' | 'green' | 'optio
   }
   const { rows } = await query<{ wal_level: string }>(ctx.blue, `SELECT current_setting('wal_level') AS wal_level`);
   results.push({ id: 'wal-level', ok: true, detail: `blue wal_level=${rows[0]?.wal_level ?? '?'}` });
+  if (ctx.config.raw.stream.enabled) results.push(...(await streamChecks(ctx)));
   return results;
 }
 
-/** Throws one StateError listing every failed check. */
+/** Throws one StateError listing every failed check (warnings never fail). */
 export function assertChecks(results: CheckResult[]): void {
   const failed = results.filter((r) => !r.ok);
   if (!failed.length) return;
@@ -104,13 +118,16 @@ export const preflight = {
         execute: async ({ ctx }) => {
           const checks = await runChecks(ctx);
           assertChecks(checks);
-          return { checks: checks.map((c) => `${c.id}: ${c.detail}`) };
+          const warnings = checks.filter((c) => c.warn).map((c) => `${c.id}: ${c.detail}${c.hint ? ` (${c.hint})` : ''}`);
+          for (const w of warnings) ctx.progress(w);
+          return { checks: checks.map((c) => `${c.id}: ${c.detail}`), ...(warnings.length ? { warnings } : {}) };
         },
       },
     ];
   },
   async summarize(_ctx, details) {
-    return { checks: details.get('checks')?.checks ?? [] };
+    const detail = details.get('checks');
+    return { checks: detail?.checks ?? [], ...(detail?.warnings ? { warnings: detail.warnings } : {}) };
   },
   async verify() {},
 } satisfies Step;

@@ -13,12 +13,14 @@ import type { Journal } from '../state/journal.ts';
 
 /** Names of the steps, in the order `apply` runs them. */
 export const STEP_ORDER = ['preflight', 'capture', 'snapshot', 'cleanup', 'migrate', 'validate'] as const;
+/** Steps apply adds when the config enables them (`stream.enabled`), after the others. */
+export const OPTIONAL_STEP_ORDER = ['stream'] as const;
 /** Steps of an in-place run (`apply --in-place`): on blue itself, no copy. */
 export const IN_PLACE_STEP_ORDER = ['constraints', 'migrate-in-place'] as const;
 /** Steps of `migrate cutover`, run on the journal of the finished apply. */
 export const CUTOVER_STEP_ORDER = ['lever', 'cutover', 'drain', 'recheck', 'watch', 'restore-ttl'] as const;
 /** A step name. */
-export type StepName = (typeof STEP_ORDER)[number] | (typeof IN_PLACE_STEP_ORDER)[number] | (typeof CUTOVER_STEP_ORDER)[number];
+export type StepName = (typeof STEP_ORDER)[number] | (typeof OPTIONAL_STEP_ORDER)[number] | (typeof IN_PLACE_STEP_ORDER)[number] | (typeof CUTOVER_STEP_ORDER)[number];
 
 /** The connections an action runs on: the control connections, or one parallel lane's own (snapshot). */
 export interface Lane {

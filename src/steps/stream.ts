@@ -1,0 +1,68 @@
+// Stream: every write committed on blue after the snapshot, read from the run's logical replication
+// slot and staged in green's change log in LSN order (src/stream/reader.ts), the applied position
+// committed with each batch and acknowledged to blue after it, so the slot keeps no WAL it does not
+// need; then mapped into the new schema by the engine's mapping (src/stream/apply-changes.ts). Planned only with `stream.enabled`; apply catches up to blue's position when the step starts,
+// and cutover catches up again before and after the flip.
+
+import { query } from '../db/connect.ts';
+import { StateError } from '../errors.ts';
+import { publicationName, slotName } from '../stream/names.ts';
+import { applyStagedChanges } from '../stream/apply-changes.ts';
+import { streamToGreen } from '../stream/reader.ts';
+import type { Action, Step, StepContext } from './step.ts';
+
+/**
+ * The actions that bring green up to blue's WAL position when they start: `id` stages blue's changes in
+ * green's change log, `<id>:map` applies what is staged to the new schema (the engine's mapping; absent
+ * when the engine has none, and the changes stay staged).
+ */
+export async function streamActions(ctx: StepContext, id: string, sentence: string): Promise<Action[]> {
+  const stage = await stageAction(ctx, id, sentence);
+  const mapping = ctx.config.engine.streamMapping;
+  if (!mapping) return [stage];
+  const slot = String(stage.facts?.slot);
+  const batch = ctx.config.raw.stream.batchChanges;
+  return [stage, {
+    id: `${id}:map`,
+    sentence: `apply the staged changes to green's new schema through the ${mapping.name} mapping (${mapping.statements.length} set-based statements per batch of ${batch}, the mapped LSN committed with each; rows a new constraint refuses are kept in bluegreen_green.unmapped)`,
+    side: 'green',
+    execute: async ({ ctx: c }) => ({ ...(await applyStagedChanges(c.green, { mapping, batch, slot })) }),
+  }];
+}
+
+async function stageAction(ctx: StepContext, id: string, sentence: string): Promise<Action> {
+  const db = (await query<{ db: string }>(ctx.blue, 'SELECT current_database() AS db', [], { side: 'blue' })).rows[0]!.db;
+  const slot = slotName(db);
+  const publication = publicationName(db);
+  const batch = ctx.config.raw.stream.batchChanges;
+  return {
+    id,
+    sentence: `${sentence} (slot ${slot}, batches of ${batch} changes, the applied LSN committed with each)`,
+    side: 'both',
+    facts: { slot, publication },
+    execute: async ({ ctx: c }) => {
+      // Where blue stands now: the insert position, so a commit not yet flushed is still waited for.
+      const upto = (await query<{ lsn: string }>(c.blue, 'SELECT pg_current_wal_insert_lsn()::text AS lsn', [], { side: 'blue' })).rows[0]!.lsn;
+      const stats = await streamToGreen({ blueDsn: c.config.blueDsn, green: c.green, slot, publication, uptoLsn: upto, batchChanges: batch, progress: c.progress });
+      return { ...stats, upto };
+    },
+  };
+}
+
+/** The stream step of apply. */
+export const stream = {
+  name: 'stream',
+  purpose: 'stage every write committed on blue since the snapshot in green\'s change log (logical decoding)',
+  async validate(ctx) {
+    if (!ctx.config.raw.stream.enabled) throw new StateError('the stream step ran with stream.enabled false', 'this is a bug in migrate: report it with the command you ran');
+  },
+  async plan(ctx) {
+    return streamActions(ctx, 'catch-up', 'read every change blue committed since the snapshot, up to its WAL position now, into green\'s change log');
+  },
+  async summarize(_ctx, details) {
+    const d = details.get('catch-up') ?? {};
+    const m = details.get('catch-up:map');
+    return { changes: d.changes ?? 0, transactions: d.transactions ?? 0, appliedLsn: d.appliedLsn ?? null, lagBytes: d.lagBytes ?? null, ...(m ? { mapped: m.changes ?? 0, unmapped: m.unmapped ?? 0 } : {}) };
+  },
+  async verify() {},
+} satisfies Step;
