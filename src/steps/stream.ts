@@ -6,7 +6,7 @@
 
 import { query } from '../db/connect.ts';
 import { StateError } from '../errors.ts';
-import { publicationName, slotName } from '../stream/names.ts';
+import { streamObjects } from '../stream/names.ts';
 import { applyStagedChanges } from '../stream/apply-changes.ts';
 import { streamToGreen } from '../stream/reader.ts';
 import type { Action, Step, StepContext } from './step.ts';
@@ -31,9 +31,7 @@ export async function streamActions(ctx: StepContext, id: string, sentence: stri
 }
 
 async function stageAction(ctx: StepContext, id: string, sentence: string): Promise<Action> {
-  const db = (await query<{ db: string }>(ctx.blue, 'SELECT current_database() AS db', [], { side: 'blue' })).rows[0]!.db;
-  const slot = slotName(db);
-  const publication = publicationName(db);
+  const { slot, publication } = await streamObjects(ctx.blue);
   const batch = ctx.config.raw.stream.batchChanges;
   return {
     id,

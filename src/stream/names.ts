@@ -3,6 +3,7 @@
 // lets `migrate finish`, `doctor` and `status` tell ours from any other.
 
 import crypto from 'node:crypto';
+import { query, type Db } from '../db/connect.ts';
 
 /** Prefix of every slot and publication of ours. */
 export const STREAM_PREFIX = 'bluegreen';
@@ -20,4 +21,10 @@ export function slotName(database: string): string {
 /** The publication of blue's database `database` (the tables the engine writes). */
 export function publicationName(database: string): string {
   return `${STREAM_PREFIX}_pub_${databasePart(database)}`;
+}
+
+/** Blue's database and the names of its slot and publication, read once from the connection. */
+export async function streamObjects(blue: Db): Promise<{ database: string; slot: string; publication: string }> {
+  const database = (await query<{ db: string }>(blue, 'SELECT current_database() AS db', [], { side: 'blue' })).rows[0]!.db;
+  return { database, slot: slotName(database), publication: publicationName(database) };
 }

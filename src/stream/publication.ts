@@ -2,11 +2,10 @@
 // blue), or, without engine knowledge, every table the copy takes. Planned by the capture step, so
 // it exists before the slot is created and the first streamed transaction already carries them.
 
-import { query } from '../db/connect.ts';
 import { listTables } from '../db/catalog.ts';
 import { ident, qualified, tableKey } from '../db/sql.ts';
 import type { Action, StepContext } from '../steps/step.ts';
-import { publicationName } from './names.ts';
+import { streamObjects } from './names.ts';
 
 /** The tables the stream publishes, schema-qualified, in a stable order. */
 export async function publishedTables(ctx: StepContext): Promise<string[]> {
@@ -17,8 +16,7 @@ export async function publishedTables(ctx: StepContext): Promise<string[]> {
 
 /** The action that (re)creates the publication on blue. */
 export async function publicationAction(ctx: StepContext): Promise<Action> {
-  const db = (await query<{ db: string }>(ctx.blue, 'SELECT current_database() AS db', [], { side: 'blue' })).rows[0]!.db;
-  const name = publicationName(db);
+  const { publication: name } = await streamObjects(ctx.blue);
   const tables = await publishedTables(ctx);
   const list = tables.map((t) => {
     const [schema = 'public', table = ''] = t.split('.');

@@ -8,7 +8,7 @@
 import { query, type Db } from '../db/connect.ts';
 import { ident, literal, qualified } from '../db/sql.ts';
 import { latestRun } from '../state/journal.ts';
-import { slotName, STREAM_PREFIX } from './names.ts';
+import { STREAM_PREFIX, streamObjects } from './names.ts';
 
 /** One readiness finding, in preflight's CheckResult shape. */
 export interface StreamCheck {
@@ -313,8 +313,7 @@ export interface StreamStatus {
  */
 export async function streamStatus(blue: Db, opts: { enabled: boolean }): Promise<StreamStatus> {
   const slots = await listOurSlots(blue);
-  const database = (await query<{ db: string }>(blue, 'SELECT current_database() AS db', [], { side: 'blue' })).rows[0]!.db;
-  const own = slotName(database);
+  const { slot: own } = await streamObjects(blue);
   const runs = [await latestRun(blue, { kind: 'real' }), await latestRun(blue, { kind: 'rehearsal' })];
   const live = runs.some((r) => r !== null && r.status !== 'abandoned');
   const slot = live ? (slots.find((s) => s.name === own) ?? null) : null;

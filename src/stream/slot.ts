@@ -6,7 +6,7 @@
 import { connect, query, toPostgresError, type Db } from '../db/connect.ts';
 import { ident } from '../db/sql.ts';
 import { StateError } from '../errors.ts';
-import { slotName } from './names.ts';
+import { streamObjects } from './names.ts';
 
 /** A slot with its exported snapshot, held open until `release`. */
 export interface SlotExport {
@@ -22,8 +22,7 @@ export interface SlotExport {
 
 /** The slot of blue's current database (see names.ts), and whether it exists and is in use. */
 export async function slotOf(blue: Db): Promise<{ name: string; exists: boolean; active: boolean }> {
-  const db = (await query<{ db: string }>(blue, 'SELECT current_database() AS db', [], { side: 'blue' })).rows[0]!.db;
-  const name = slotName(db);
+  const { slot: name } = await streamObjects(blue);
   const found = await query<{ active: boolean }>(blue, 'SELECT active FROM pg_replication_slots WHERE slot_name = $1', [name], { side: 'blue' });
   return { name, exists: found.rows.length > 0, active: found.rows[0]?.active === true };
 }
