@@ -1,6 +1,6 @@
-// Worker tests, run inside workerd by @cloudflare/vitest-pool-workers: the router, coalescer,
-// consumer and DLQ sink with real KV, queues, Durable Objects and Hyperdrive (to a real Postgres
-// started by test-workers/global-setup.ts in Node). The engine behind the router is a small
+// Worker tests, run inside workerd by @cloudflare/vitest-pool-workers: the router, its route fence,
+// coalescer, consumer and DLQ sink with real KV, queues, Durable Objects and Hyperdrive (to a real
+// Postgres started by test-workers/global-setup.ts in Node). The engine behind the router is a small
 // Hydra-shaped stand-in Worker (test-workers/engine.js) reached through the outbound service.
 
 import { cloudflareTest } from '@cloudflare/vitest-pool-workers';
@@ -16,8 +16,8 @@ export default defineConfig({
       miniflare: {
         compatibilityDate: '2026-04-20',
         compatibilityFlags: ['nodejs_compat'],
-        kvNamespaces: ['ROUTES', 'DEAD_LETTERS'],
-        durableObjects: { COALESCER: { className: 'RefreshCoalescer', useSQLite: true } },
+        kvNamespaces: ['DEAD_LETTERS'],
+        durableObjects: { COALESCER: { className: 'RefreshCoalescer', useSQLite: true }, ROUTE: { className: 'RouteFence', useSQLite: true } },
         // The router's producer goes to a queue nobody consumes, so router tests leave no background
         // work; TO_CONSUMER feeds the consumer for the end-to-end tests.
         queueProducers: {
@@ -30,7 +30,7 @@ export default defineConfig({
           'bluegreen-revocations-dlq': { maxBatchSize: 100, maxBatchTimeout: 0.05 },
         },
         hyperdrives: { GREEN: inject('workersGreenDsn'), GREEN_EMPTY: inject('workersEmptyDsn') },
-        bindings: { REVOCATION_HMAC_KEY: 'workers-test-key', COALESCE_WINDOW_SECONDS: '30', REPLAY_PROFILE: 'hydra-v1' },
+        bindings: { REVOCATION_HMAC_KEY: 'workers-test-key', COALESCE_WINDOW_SECONDS: '30', REPLAY_PROFILE: 'hydra-v1', ROUTE_ADMIN_TOKEN: 'workers-route-admin-token' },
         outboundService: 'engine',
         workers: [{ name: 'engine', modules: true, scriptPath: here('./test-workers/engine.js'), compatibilityDate: '2026-04-20' }],
       },

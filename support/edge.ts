@@ -1,8 +1,11 @@
 // Node-side launcher for the demo, the end-to-end tests and the chaos test: bundles the router,
 // consumer and DLQ sink with wrangler (cached by source hash) and runs all three in ONE Miniflare
-// instance with KV, the revocations queue and its DLQ, a Durable Object for coalescing and
-// Hyperdrive pointing at green. Miniflare cannot pause queue delivery, so pausing sets a KV flag the
-// consumer reads: while set it re-queues each batch with a delay (never spending retry attempts).
+// instance with the revocations queue and its DLQ, Durable Objects for the route fence and for
+// coalescing, and Hyperdrive pointing at green. The route lives in the router's RouteFence object,
+// seeded with EdgeOptions.upstreamUrl and flipped through the admin endpoint (a cutover `route`
+// target: url = LocalEdge.url, token = LocalEdge.routeAdmin.token). Miniflare cannot pause queue
+// delivery, so pausing sets a flag in the consumer's control KV: while set it re-queues each batch
+// with a delay (never spending retry attempts).
 
 import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -12,6 +15,7 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Miniflare } from 'miniflare';
 import { DEAD_LETTER_PREFIX, PAUSE_KEY, type DeadLetter } from '../src/queue-consumer/control.ts';
+import { fencedFlip, routeAdminCall, type RouteAdmin, type RouteStateView } from '../src/cutover/route.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const WRANGLER = path.join(ROOT, 'node_modules/.bin/wrangler');
@@ -24,8 +28,10 @@ const SOURCES = ['src/queue-consumer', 'src/replay', 'src/db/sql.ts', 'wrangler.
 
 /** Options for {@link startEdge}. */
 export interface EdgeOptions {
-  /** Origin of the auth engine the router proxies to (KV `upstream`). */
+  /** Origin of the auth engine the router proxies to first (seeds the route object). */
   upstreamUrl: string;
+  /** The router's ROUTE_ADMIN_TOKEN (default: random per edge; read it from LocalEdge.routeAdmin). */
+  routeAdminToken?: string;
   /** Green's DSN; Hyperdrive's local connection string (it must contain a password). */
   greenDsn: string;
   /** Shared HMAC secret for revocation messages. */
@@ -46,9 +52,18 @@ export interface EdgeOptions {
 export interface LocalEdge {
   /** Base URL of the router (http://127.0.0.1:<port>). */
   url: string;
-  /** Points the router at another engine (what cutover does with KV). */
+  /** Points the router at another engine through a fenced flip (raise, commit), as a cutover `route` target does. */
   setUpstream(url: string): Promise<void>;
-  /** The router's KV namespace (key `upstream`), for a cutover `kv` target. */
+  /** The router's admin endpoint, for a cutover `route` target (url = the router's base URL). */
+  routeAdmin: { url: string; token: string };
+  /** The route object's state (upstream, epoch, fence, held and in-flight requests). */
+  route(): Promise<RouteStateView>;
+  /**
+   * The consumer's control KV (pause flag). It no longer holds the route: the router ignores a key
+   * `upstream` here.
+   * @deprecated flip with a cutover `route` target and read the route with route(); kept until the
+   * demo stops using it.
+   */
   routes: { get(key: string, type: 'text'): Promise<string | null>; put(key: string, value: string): Promise<void>; delete(key: string): Promise<void> };
   /** Holds deliveries back (they are re-queued until resumed). */
   pauseConsumer(): Promise<void>;
@@ -119,6 +134,7 @@ export async function bundleEdge(): Promise<{ router: string; consumer: string; 
 export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
   const scripts = await bundleEdge();
   const log = opts.onLog;
+  const adminToken = opts.routeAdminToken ?? crypto.randomBytes(24).toString('hex');
   const mf = new Miniflare({
     host: '127.0.0.1',
     port: 0,
@@ -132,10 +148,9 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
         modules: true,
         scriptPath: scripts.router,
         compatibilityDate: COMPAT_DATE,
-        kvNamespaces: { ROUTES: 'routes' },
         queueProducers: { REVOCATIONS: { queueName: QUEUE } },
-        durableObjects: { COALESCER: { className: 'RefreshCoalescer', useSQLite: true } },
-        bindings: { REVOCATION_HMAC_KEY: opts.hmacKey, COALESCE_WINDOW_SECONDS: String(opts.coalesceWindowSeconds ?? 30) },
+        durableObjects: { COALESCER: { className: 'RefreshCoalescer', useSQLite: true }, ROUTE: { className: 'RouteFence', useSQLite: true } },
+        bindings: { REVOCATION_HMAC_KEY: opts.hmacKey, ROUTE_ADMIN_TOKEN: adminToken, COALESCE_WINDOW_SECONDS: String(opts.coalesceWindowSeconds ?? 30) },
       },
       {
         name: 'consumer',
@@ -160,16 +175,24 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
     ],
   });
   const url = (await mf.ready).toString().replace(/\/$/, '');
-  const routes = await mf.getKVNamespace('ROUTES', 'router');
+  const control = await mf.getKVNamespace('CONTROL', 'consumer');
   const deadLetters = await mf.getKVNamespace('DEAD_LETTERS', 'dlq-sink');
   const producer = await mf.getQueueProducer('REVOCATIONS', 'router');
-  await routes.put('upstream', opts.upstreamUrl);
+  const admin: RouteAdmin = { url, token: adminToken, timeoutMs: 10_000 };
+  try {
+    await routeAdminCall(admin, 'init', { upstream: opts.upstreamUrl });
+  } catch (err) {
+    await mf.dispose();
+    throw err;
+  }
   return {
     url,
-    setUpstream: (u) => routes.put('upstream', u),
-    routes: { get: (key) => routes.get(key, 'text'), put: (key, value) => routes.put(key, value), delete: (key) => routes.delete(key) },
-    pauseConsumer: () => routes.put(PAUSE_KEY, '1'),
-    resumeConsumer: () => routes.delete(PAUSE_KEY),
+    setUpstream: async (u) => void (await fencedFlip(admin, u, { holdMs: 10_000, drainMs: 5_000 })),
+    routeAdmin: { url, token: adminToken },
+    route: () => routeAdminCall<RouteStateView>(admin, 'state'),
+    routes: { get: (key) => control.get(key, 'text'), put: (key, value) => control.put(key, value), delete: (key) => control.delete(key) },
+    pauseConsumer: () => control.put(PAUSE_KEY, '1'),
+    resumeConsumer: () => control.delete(PAUSE_KEY),
     enqueue: async (bodies) => {
       for (let i = 0; i < bodies.length; i += 100) await producer.sendBatch(bodies.slice(i, i + 100).map((body) => ({ body, contentType: 'json' as const })));
     },

@@ -7,6 +7,7 @@ import { runInDurableObject } from 'cloudflare:test';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { openAnswer, type SealedAnswer } from '../src/queue-consumer/seal.ts';
 import { sha256Hex } from '../src/queue-consumer/token.ts';
+import { routeTo } from './route.ts';
 
 const nonce = () => crypto.randomUUID().replace(/-/g, '');
 
@@ -25,7 +26,7 @@ async function engineCalls(token: string): Promise<number> {
 
 describe('refresh-token coalescing', () => {
   beforeEach(async () => {
-    await env.ROUTES.put('upstream', 'http://engine.test');
+    await routeTo('http://engine.test');
   });
 
   it('gives five concurrent duplicates the first answer while the engine sees one grant', async () => {

@@ -11,6 +11,7 @@ import consumer, { type ConsumerEnv } from '../src/queue-consumer/consumer.ts';
 import router from '../src/queue-consumer/router.ts';
 import { canonicalJson, signRevocation, type RevocationBody } from '../src/queue-consumer/message.ts';
 import { DEAD_LETTER_PREFIX, type DeadLetter } from '../src/queue-consumer/control.ts';
+import { routeTo } from './route.ts';
 
 const KEY = env.REVOCATION_HMAC_KEY;
 
@@ -135,10 +136,10 @@ describe('revocation consumer', () => {
   });
 
   it('carries a revocation from the router through the real queue into green', async () => {
-    await env.ROUTES.put('upstream', 'http://engine.test');
+    await routeTo('http://engine.test');
     const [row] = await activeRefresh(1);
     const req = new Request('https://auth.example/oauth2/revoke', { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `token=ory_rt_secretnonce.${encodeURIComponent(row!.signature)}&client_id=c1` });
-    const res = await router.fetch(req as Request<unknown, IncomingRequestCfProperties>, { ...env, REVOCATIONS: env.TO_CONSUMER });
+    const res = await router.fetch(req as Request<unknown, IncomingRequestCfProperties>, { ...env, REVOCATIONS: env.TO_CONSUMER }, createExecutionContext());
     expect(res.status).toBe(200);
     await eventually(async () => ((await refreshActive([row!.signature]))[0] === false ? true : undefined));
     expect(await refreshActive([row!.signature])).toEqual([false]);

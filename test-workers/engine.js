@@ -1,7 +1,9 @@
 // Test-only, Hydra-shaped engine behind the router in the workerd tests: rotates refresh tokens
 // (a second use of one is "reuse" and fails, as in Hydra), answers revocations with 200/204, and
 // reports how often it saw each refresh token. Tokens starting with `slow` take 300 ms, so
-// concurrent duplicates overlap; tokens starting with `bad` are refused with 400.
+// concurrent duplicates overlap; tokens starting with `bad` are refused with 400. Everything else is
+// echoed with the host it was sent to in `x-engine-host` (which upstream the router chose);
+// `/slow?ms=N` answers after N ms (a request still in flight while the fence goes up).
 
 const seen = new Map();
 let issued = 0;
@@ -30,6 +32,7 @@ export default {
     if (request.method === 'DELETE' && url.pathname.endsWith('/oauth2/auth/sessions/consent')) {
       return url.searchParams.get('subject') === 'nobody' ? Response.json({ error: 'not_found' }, { status: 404 }) : new Response(null, { status: 204 });
     }
-    return Response.json({ proxied: `${request.method} ${url.pathname}${url.search}` });
+    if (url.pathname === '/slow') await new Promise((resolve) => setTimeout(resolve, Number(url.searchParams.get('ms') ?? 0)));
+    return Response.json({ proxied: `${request.method} ${url.pathname}${url.search}` }, { headers: { 'x-engine-host': url.host } });
   },
 };

@@ -1,12 +1,12 @@
-// The Worker the workerd tests run in: the router's fetch handler and coalescer, plus one queue
-// handler that feeds the revocations queue to the consumer and the dead-letter queue to the sink.
-// In production these are separate Workers (wrangler.router.jsonc, wrangler.consumer.jsonc).
+// The Worker the workerd tests run in: the router's fetch handler, route fence and coalescer, plus
+// one queue handler that feeds the revocations queue to the consumer and the dead-letter queue to the
+// sink. In production these are separate Workers (wrangler.router.jsonc, wrangler.consumer.jsonc).
 
-import router, { RefreshCoalescer, type RouterEnv } from '../src/queue-consumer/router.ts';
+import router, { RefreshCoalescer, RouteFence, type RouterEnv } from '../src/queue-consumer/router.ts';
 import { handleBatch, type ConsumerEnv } from '../src/queue-consumer/consumer.ts';
 import { sinkBatch, type SinkEnv } from '../src/queue-consumer/dlq-sink.ts';
 
-export { RefreshCoalescer };
+export { RefreshCoalescer, RouteFence };
 
 /** Every binding the test Worker has. */
 export type TestEnv = RouterEnv & ConsumerEnv & SinkEnv & { GREEN_EMPTY: Hyperdrive; TO_CONSUMER: Queue };

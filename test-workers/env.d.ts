@@ -5,6 +5,6 @@ declare namespace Cloudflare {
   interface Env extends TestWorkerEnv {}
   interface GlobalProps {
     mainModule: typeof import('./entry.ts');
-    durableNamespaces: 'RefreshCoalescer';
+    durableNamespaces: 'RefreshCoalescer' | 'RouteFence';
   }
 }

@@ -1,12 +1,14 @@
-// The edge router in workerd: proxying to the upstream in KV, a signed message queued before every
+// The edge router in workerd: proxying to the upstream the route fence names, a signed message queued before every
 // successful revocation answer (token, consent v1 and v2, refresh rotation), never a raw token, and
 // 503 with Retry-After when the queue refuses the message.
 
 import { env, exports } from 'cloudflare:workers';
+import { createExecutionContext } from 'cloudflare:test';
 import { beforeEach, describe, expect, it } from 'vitest';
 import router from '../src/queue-consumer/router.ts';
 import { verifyRevocation, type Envelope } from '../src/queue-consumer/message.ts';
 import { tokenSignature } from '../src/queue-consumer/token.ts';
+import { routeTo } from './route.ts';
 
 const ENGINE = 'http://engine.test';
 
@@ -40,7 +42,7 @@ function form(fields: Record<string, string>): RequestInit {
 const nonce = () => crypto.randomUUID().replace(/-/g, '');
 
 async function call(path: string, init: RequestInit, queue: Queue): Promise<Response> {
-  return router.fetch(new Request(`https://auth.example${path}`, init) as Request<unknown, IncomingRequestCfProperties>, { ...env, REVOCATIONS: queue });
+  return router.fetch(new Request(`https://auth.example${path}`, init) as Request<unknown, IncomingRequestCfProperties>, { ...env, REVOCATIONS: queue }, createExecutionContext());
 }
 
 async function verified(envelope: Envelope) {
@@ -51,20 +53,27 @@ async function verified(envelope: Envelope) {
 
 describe('edge router', () => {
   beforeEach(async () => {
-    await env.ROUTES.put('upstream', ENGINE);
+    await routeTo(ENGINE);
   });
 
-  it('proxies ordinary traffic to the upstream named in KV and follows a flip', async () => {
+  it('proxies ordinary traffic to the upstream the route names and follows a flip, stamping the epoch', async () => {
     const first = await exports.default.fetch('https://auth.example/.well-known/openid-configuration?x=1');
     expect(await first.json()).toEqual({ proxied: 'GET /.well-known/openid-configuration?x=1' });
-    await env.ROUTES.put('upstream', 'http://green-engine.test');
+    expect(first.headers.get('x-engine-host')).toBe('engine.test');
+    const epoch = Number(first.headers.get('x-route-epoch'));
+    expect(first.headers.get('x-held-ms')).toBe('0');
+    await routeTo('http://green-engine.test');
     const flipped = await exports.default.fetch('https://auth.example/health/ready', { method: 'POST', body: 'x' });
     expect(await flipped.json()).toEqual({ proxied: 'POST /health/ready' });
+    expect(flipped.headers.get('x-engine-host')).toBe('green-engine.test');
+    expect(Number(flipped.headers.get('x-route-epoch'))).toBe(epoch + 1);
   });
 
-  it('answers 503 when no upstream is configured', async () => {
-    await env.ROUTES.delete('upstream');
-    const res = await exports.default.fetch('https://auth.example/oauth2/revoke', { method: 'POST' });
+  it('answers 503 when no route was seeded', async () => {
+    // A route object nobody seeded, in place of the router's one instance.
+    const name = `unseeded-${nonce()}`;
+    const unseeded = { idFromName: () => env.ROUTE.idFromName(name), get: (id: DurableObjectId) => env.ROUTE.get(id) } as unknown as typeof env.ROUTE;
+    const res = await router.fetch(new Request('https://auth.example/oauth2/revoke', { method: 'POST' }) as Request<unknown, IncomingRequestCfProperties>, { ...env, ROUTE: unseeded }, createExecutionContext());
     expect(res.status).toBe(503);
     expect(res.headers.get('retry-after')).toBe('5');
   });

@@ -1,7 +1,7 @@
 // The local edge (support/edge.ts) from Node: router, queue, consumer and DLQ sink in
 // one Miniflare, Hyperdrive to a real green. Revocations sent through the router while the consumer
 // is paused are applied to green after it resumes; forged and malformed messages land in the DLQ
-// and change nothing; the router follows an upstream flip.
+// and change nothing; the router follows a fenced flip of its route object and stamps the epoch.
 
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -89,9 +89,22 @@ describe('local edge (router + queue + consumer in one Miniflare)', () => {
     expect(replayed).toBe(targets.length + 1);
   });
 
-  it('proxies to the upstream named in KV and follows a flip', async () => {
-    expect(await (await fetch(`${edge.url}/health`)).json()).toEqual({ engine: 'blue' });
+  it('proxies to the upstream the route object names and follows a fenced flip', async () => {
+    const before = await fetch(`${edge.url}/health`);
+    expect(await before.json()).toEqual({ engine: 'blue' });
+    const epoch = Number(before.headers.get('x-route-epoch'));
+    expect(epoch).toBeGreaterThan(0);
+    expect(before.headers.get('x-held-ms')).toBe('0');
     await edge.setUpstream(greenEngine.url);
-    expect(await (await fetch(`${edge.url}/health`)).json()).toEqual({ engine: 'green' });
+    const after = await fetch(`${edge.url}/health`);
+    expect(await after.json()).toEqual({ engine: 'green' });
+    expect(Number(after.headers.get('x-route-epoch'))).toBe(epoch + 1);
+    expect(await edge.route()).toMatchObject({ upstream: greenEngine.url, epoch: epoch + 1, fence: null });
+  });
+
+  it('refuses the admin endpoint without the right token', async () => {
+    const wrong = await fetch(`${edge.url}/__bluegreen/route/state`, { method: 'POST', headers: { authorization: 'Bearer nope' } });
+    expect(wrong.status).toBe(401);
+    expect(await wrong.text()).not.toContain(edge.routeAdmin.token);
   });
 });

@@ -268,6 +268,16 @@ describe('the Hydra-shaped fixture', () => {
     expect(await count(db, 'SELECT count(*) AS n FROM hydra_oauth2_access WHERE NOT active')).toBeGreaterThan(0);
     expect(await count(db, 'SELECT count(*) AS n FROM hydra_oauth2_refresh WHERE NOT active')).toBeGreaterThan(0);
     expect(await count(db, "SELECT count(*) AS n FROM hydra_client WHERE redirect_uris LIKE '%|%'")).toBeGreaterThan(0);
+    // The code flow's tables, logout requests and pairwise subjects: a modest share, hanging off real grants.
+    for (const t of ['hydra_oauth2_code', 'hydra_oauth2_oidc', 'hydra_oauth2_pkce', 'hydra_oauth2_logout_request', 'hydra_oauth2_obfuscated_authentication_session']) {
+      expect(await count(db, `SELECT count(*) AS n FROM ${t}`), t).toBeGreaterThan(0);
+    }
+    expect(await count(db, 'SELECT count(*) AS n FROM hydra_oauth2_code')).toBeLessThan(ROWS);
+    expect(await count(db, 'SELECT count(*) AS n FROM hydra_oauth2_code WHERE NOT active')).toBeGreaterThan(0);
+    expect(await count(db, 'SELECT count(*) AS n FROM hydra_oauth2_oidc o LEFT JOIN hydra_oauth2_code c USING (signature) WHERE c.signature IS NULL')).toBe(0);
+    expect(await count(db, 'SELECT count(*) AS n FROM hydra_oauth2_pkce p LEFT JOIN hydra_oauth2_code c USING (signature) WHERE c.signature IS NULL')).toBe(0);
+    expect(await count(db, 'SELECT count(*) AS n FROM hydra_oauth2_logout_request WHERE client_id IS NULL')).toBeGreaterThan(0);
+    expect(await count(db, 'SELECT count(*) AS n FROM hydra_oauth2_logout_request WHERE client_id IS NOT NULL')).toBeGreaterThan(0);
   }, 60_000);
 
   it('applies the whole v2 migration set cleanly, in version order, when no dirty rows are seeded', async () => {
@@ -308,7 +318,9 @@ describe('the Hydra-shaped fixture', () => {
       `SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns WHERE table_schema = 'public'`,
     );
     const col = (t: string, c: string) => columns.rows.find((r) => r.table_name === t && r.column_name === c);
-    for (const t of ['hydra_client', 'hydra_jwk', 'hydra_oauth2_access', 'hydra_oauth2_refresh', 'hydra_oauth2_flow', 'hydra_oauth2_authentication_session']) {
+    const everyTable = ['hydra_client', 'hydra_jwk', 'hydra_oauth2_access', 'hydra_oauth2_refresh', 'hydra_oauth2_code', 'hydra_oauth2_oidc', 'hydra_oauth2_pkce',
+      'hydra_oauth2_flow', 'hydra_oauth2_authentication_session', 'hydra_oauth2_logout_request', 'hydra_oauth2_obfuscated_authentication_session'];
+    for (const t of everyTable) {
       expect(col(t, 'nid'), `${t}.nid`).toMatchObject({ data_type: 'uuid', is_nullable: 'NO' });
     }
     for (const c of ['redirect_uris', 'grant_types', 'response_types', 'audience']) {
@@ -320,9 +332,12 @@ describe('the Hydra-shaped fixture', () => {
     expect(col('hydra_oauth2_access', 'active')).toBeDefined(); // v2 keeps revoked rows with active = false
 
     const fks = await foreignKeys(db);
-    for (const t of ['public.hydra_oauth2_access', 'public.hydra_oauth2_refresh']) {
+    for (const t of ['access', 'refresh', 'code', 'oidc', 'pkce'].map((k) => `public.hydra_oauth2_${k}`)) {
       expect(fks).toContainEqual({ child: t, parent: 'public.hydra_client', childCols: ['client_id', 'nid'], parentCols: ['id', 'nid'] });
       expect(fks).toContainEqual({ child: t, parent: 'public.hydra_oauth2_flow', childCols: ['challenge_id'], parentCols: ['consent_challenge_id'] });
+    }
+    for (const t of ['public.hydra_oauth2_logout_request', 'public.hydra_oauth2_obfuscated_authentication_session']) {
+      expect(fks).toContainEqual({ child: t, parent: 'public.hydra_client', childCols: ['client_id', 'nid'], parentCols: ['id', 'nid'] });
     }
 
     expect(await count(db, 'SELECT count(*) AS n FROM hydra_oauth2_access')).toBe(before.access);

@@ -172,15 +172,20 @@ describe('plan shows lint by mode, and the CASCADE note knows later drops', () =
     expect(fate).toEqual({
       'public.hydra_oauth2_access': null,
       'public.hydra_oauth2_refresh': null,
+      'public.hydra_oauth2_code': null,
+      'public.hydra_oauth2_oidc': null,
+      'public.hydra_oauth2_pkce': null,
+      'public.hydra_oauth2_logout_request': null,
+      'public.hydra_oauth2_obfuscated_authentication_session': null,
       'public.hydra_oauth2_authentication_request': '20211011000009000000_flow_drop_old_tables.postgres.up.sql:4',
       'public.hydra_oauth2_consent_request': '20211011000009000000_flow_drop_old_tables.postgres.up.sql:4',
     });
     const lines = text.split('\n');
     const at = lines.findIndex((l) => l.includes('DROP INDEX public.hydra_client_idx_id_uq CASCADE'));
-    expect(lines[at]).toMatch(/20211011000004000000_client_id_unique_per_network\.postgres\.up\.sql:5 silently drops 2 foreign key\(s\) of tables that survive the migrations:$/);
-    expect(lines[at + 1]).toContain('on public.hydra_oauth2_access(client_id): re-added later as hydra_oauth2_access_client_id_fk');
-    expect(lines[at + 2]).toContain('on public.hydra_oauth2_refresh(client_id): re-added later as hydra_oauth2_refresh_client_id_fk');
-    expect(lines[at + 3]).toMatch(/^\s+\(also 2 on tables the pending migrations drop anyway: .*public\.hydra_oauth2_authentication_request .*public\.hydra_oauth2_consent_request /);
+    expect(lines[at]).toMatch(/20211011000004000000_client_id_unique_per_network\.postgres\.up\.sql:5 silently drops 7 foreign key\(s\) of tables that survive the migrations:$/);
+    const survivors = ['access', 'code', 'logout_request', 'obfuscated_authentication_session', 'oidc', 'pkce', 'refresh'];
+    survivors.forEach((t, i) => expect(lines[at + 1 + i]).toContain(`on public.hydra_oauth2_${t}(client_id): re-added later as hydra_oauth2_${t}_client_id_fk`));
+    expect(lines[at + 8]).toMatch(/^\s+\(also 2 on tables the pending migrations drop anyway: .*public\.hydra_oauth2_authentication_request .*public\.hydra_oauth2_consent_request /);
   });
 
   it('does not warn about a CASCADE whose dependent table a later migration drops', async () => {

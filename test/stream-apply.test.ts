@@ -7,7 +7,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { streamToGreen } from '../src/stream/reader.ts';
-import { HYDRA_STREAM_MAPPING } from '../src/engines/hydra/stream-map.ts';
+import { HYDRA_STREAM_MAPPING } from '../src/engines/hydra/stream-map/index.ts';
 import { applyStagedChanges } from '../src/stream/apply-changes.ts';
 import { createDbPair, kill9, runCli, seedBlue, startCliUntil, withClient, writeConfig, type DbPair } from './harness.ts';
 

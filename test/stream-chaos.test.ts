@@ -1,11 +1,26 @@
-// Chaos for the stream reader (issue G): while blue takes writes (inserts, updates, deletes, multi-
-// statement transactions, some rolled back, some with a rolled-back savepoint, TOASTed wide rows), the
-// catch-up (support/stream-child.ts) is SIGKILLed at random moments, at least ten times, then resumed
-// to completion. Two slots created before the first write see exactly the same transactions: slot A
-// feeds the killed-and-resumed runs into green, slot B one uninterrupted reference run into a second
-// green database. Both change logs must be identical row for row, hold exactly the changes the writer
-// committed (every committed insert once, nothing rolled back), and replaying the log must rebuild
-// blue's tables exactly. STREAM_CHAOS_SEED replays a run's random choices (kill delays, writes).
+// Chaos for the whole catch-up (issue G): while blue (Hydra v1) takes writes (tokens issued, revoked
+// and deleted, some with TOASTed session data; clients added and changed; login + consent flows, some
+// consents revoked with their tokens; transactions and savepoints rolled back), the catch-up (support/
+// stream-child.ts: stage up to blue's insert position, then map into the v2 tables as the stream
+// step's `:map` action does) is SIGKILLed at random points, at least ten times: timed from the spawn,
+// from the first staged batch, and from the start or the n-th committed batch of the mapping. Then it
+// is resumed to completion and compared with a green that never crashed.
+//
+// The reference (approach 1 of the issue): blue and green are seeded from the same seed (green
+// migrated to v2 in place), green is copied as a template into a second database, and two slots are
+// created on blue before the first write, so both see exactly the same transactions: slot A feeds the
+// killed-and-resumed runs into green, slot B one uninterrupted run (staged, then mapped) into the copy.
+// Approach 2 (a fresh green copied from blue's final state and migrated) would compare the mapping
+// with the migrations, which is stream-map's business, and cost another apply; here only kill -9 is
+// the difference between the two greens.
+//
+// Asserted: green's v2 tables (every user table) and the mapping's own state (unmapped rows, v1
+// staging tables) equal the reference's; both change logs are identical row for row; every committed
+// insert is staged once and nothing rolled back is; the log replayed over blue's rows at the slot's
+// start rebuilds blue's final rows exactly (unchanged TOAST included); every token the writer left on
+// blue is on green with its state; after every kill the mapped mark has not moved back and counts
+// exactly the staged changes up to it (none mapped twice, none skipped), at the end all of them.
+// STREAM_CHAOS_SEED replays a run's random choices (kill points, writes); the seed is printed.
 
 import { mulberry32 } from '../support/fixture/seed.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -16,26 +31,30 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { connect, type Db } from '../src/db/connect.ts';
 import { ident, literal } from '../src/db/sql.ts';
+import { HYDRA_V1_TO_V2 } from '../src/engines/hydra/index.ts';
+import { applyStagedChanges } from '../src/stream/apply-changes.ts';
 import { installChangeLog } from '../src/stream/changelog.ts';
 import { publicationName, slotName } from '../src/stream/names.ts';
 import { streamToGreen, type StreamStats } from '../src/stream/reader.ts';
-import { createDbPair, kill9, ROOT, type DbPair } from './harness.ts';
+import { createDbPair, kill9, ROOT, seedBlue, seedUpgradedToV2, tableChecksums, type DbPair } from './harness.ts';
 
 const CHILD = path.join(ROOT, 'support/stream-child.ts');
 /** The settings the reader's WAL sender prints values with: blue's rows are read the same way to compare. */
 const OUTPUT_OPTIONS = '-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3';
 const SEED = Number(process.env.STREAM_CHAOS_SEED ?? crypto.randomInt(2 ** 31));
-/** Kills timed from the child's first progress line (a batch is committed by then). */
-const KILLS_AFTER_PROGRESS = 10;
-/** Kills timed from the spawn (startup, install, slot check, first batch: wherever it is). */
-const KILLS_FROM_SPAWN = 3;
-const CHAOS_BATCH = 20;
-const REFERENCE_BATCH = 500;
-const TABLES = ['public.accounts', 'public.events', 'public.wide'] as const;
-const WIDE_COLUMNS = Array.from({ length: 30 }, (_, i) => `c${String(i + 1).padStart(2, '0')}`);
+/** Where the kills are timed from, how many of each: at least ten in all, most in the mapping. */
+const KILLS = { spawn: 2, staged: 4, mapping: 8 } as const;
+const STAGE_BATCH = 20;
+/** The Hydra mapping costs about the same per batch for 20 or 100 changes (docs/DECISIONS.md): 100 keeps the file fast. */
+const MAP_BATCH = 100;
+const REFERENCE_STAGE_BATCH = 500;
+const REFERENCE_MAP_BATCH = 250;
+const FIXTURE = { rows: 150, seed: 7, dirty: [] } as const;
 
-type Table = (typeof TABLES)[number];
+type KillKind = keyof typeof KILLS;
 type TextRow = Record<string, string | null>;
+/** Per published table: its primary key column and its rows as text by key. */
+type Tables = Map<string, { pk: string; rows: Map<string, TextRow> }>;
 
 /** A small seeded PRNG in [0, 1) (mulberry32): a failing run can be replayed with its seed. */
 function prng(seed: number): () => number {
@@ -47,162 +66,184 @@ function prng(seed: number): () => number {
 interface Tally {
   /** Committed transactions. */
   transactions: number;
-  /** Committed transactions that changed at least one row (one commit LSN each in the change log). */
-  withChanges: number;
   /** Transactions rolled back. */
   rolledBack: number;
-  /** Rows changed by committed transactions (one change log row each). */
-  changes: number;
-  /** `relation:id` of every committed insert. */
+  /** `relation:key` of every committed insert. */
   inserted: Set<string>;
-  /** `relation:id` of every insert rolled back (whole transaction or savepoint); ids are never reused. */
+  /** `relation:key` of every insert rolled back (whole transaction or savepoint); keys are never reused. */
   discarded: Set<string>;
 }
 
-/** Writes to blue until stopped: random transactions of 1-4 statements, about one in seven rolled back. */
-function startWriter(c: pg.Client, rand: () => number): { stop: () => Promise<Tally> } {
-  const tally: Tally = { transactions: 0, withChanges: 0, rolledBack: 0, changes: 0, inserted: new Set(), discarded: new Set() };
-  const next: Record<Table, number> = { 'public.accounts': 1, 'public.events': 1, 'public.wide': 1 };
-  let live: Record<Table, number[]> = { 'public.accounts': [], 'public.events': [], 'public.wide': [] };
-  let stopping = false;
-  const int = (n: number): number => Math.floor(rand() * n);
+/** The writer's own rows still on blue (copied per transaction, kept on commit). */
+interface Live {
+  access: string[];
+  refresh: string[];
+  clients: string[];
+  consents: { challenge: string; client: string }[];
+}
 
-  async function statement(t: Record<Table, number[]>, added: string[], discarded: string[]): Promise<number> {
-    const pick = (table: Table): number | null => (t[table].length ? t[table][int(t[table].length)]! : null);
-    const drop = (table: Table, id: number): void => {
-      t[table] = t[table].filter((x) => x !== id);
-    };
+/** Blue's writer: stop() ends it and returns what it did; failed() is its error, if it stopped on one. */
+interface Writer {
+  stop: () => Promise<Tally>;
+  failed: () => unknown;
+}
+
+/** Writes Hydra v1 traffic to blue until stopped: transactions of 1-3 statements, about one in seven rolled back. */
+function startWriter(c: pg.Client, rand: () => number): Writer {
+  const tally: Tally = { transactions: 0, rolledBack: 0, inserted: new Set(), discarded: new Set() };
+  let live: Live = { access: [], refresh: [], clients: [], consents: [] };
+  let n = 0;
+  let stopping = false;
+  const int = (k: number): number => Math.floor(rand() * k);
+  const pick = <T>(list: readonly T[]): T | null => (list.length ? list[int(list.length)]! : null);
+  const drop = <T>(list: T[], x: T): T[] => list.filter((y) => y !== x);
+
+  async function client(l: Live): Promise<string> {
+    const own = rand() < 0.5 ? pick(l.clients) : null;
+    if (own) return own;
+    return (await c.query<{ id: string }>(`SELECT id FROM hydra_client ORDER BY md5(id || $1) LIMIT 1`, [String(n)])).rows[0]!.id;
+  }
+
+  async function token(l: Live, table: 'access' | 'refresh', added: string[]): Promise<void> {
+    const signature = `cx-${table[0]}-${++n}`;
+    // Some session data too large to stay inline: a later revoke leaves it unchanged TOAST.
+    const session = rand() < 0.15 ? JSON.stringify({ blob: crypto.randomBytes(2000 + int(3000)).toString('hex') }) : '{}';
+    const consent = rand() < 0.3 ? pick(l.consents) : null;
+    const res = consent
+      ? await c.query(
+          `INSERT INTO hydra_oauth2_${table} (signature, request_id, client_id, scope, granted_scope, form_data, session_data, subject, challenge_id)
+           VALUES ($1, $2, $3, 'openid|offline', 'openid|offline', '', $4, 'cx-subject', $5)`,
+          [signature, `cx-req-${n}`, consent.client, session, consent.challenge],
+        )
+      : await c.query(
+          `INSERT INTO hydra_oauth2_${table} (signature, request_id, client_id, scope, granted_scope, form_data, session_data, subject, challenge_id)
+           SELECT $1, $2, a.client_id, a.scope, a.granted_scope, '', $3, a.subject, a.challenge_id
+             FROM hydra_oauth2_access a
+            WHERE a.active AND EXISTS (SELECT 1 FROM hydra_client cl WHERE cl.id = a.client_id)
+              AND (a.challenge_id IS NULL OR EXISTS (SELECT 1 FROM hydra_oauth2_consent_request_handled h WHERE h.challenge = a.challenge_id))
+            ORDER BY md5(a.signature || $4) LIMIT 1`,
+          [signature, `cx-req-${n}`, session, String(n)],
+        );
+    if (!res.rowCount) return;
+    l[table].push(signature);
+    added.push(`public.hydra_oauth2_${table}:${signature}`);
+  }
+
+  async function statement(l: Live, added: string[], discarded: string[]): Promise<void> {
     const r = rand();
-    if (r < 0.04) {
-      // A rolled-back savepoint inside a transaction that may well commit.
-      const id = next['public.accounts']++;
-      await c.query('SAVEPOINT sp');
-      await c.query(`INSERT INTO accounts (id, name) VALUES ($1, 'savepoint')`, [id]);
-      await c.query('ROLLBACK TO SAVEPOINT sp');
-      discarded.push(`public.accounts:${id}`);
-      return 0;
+    if (r < 0.3) return token(l, 'access', added);
+    if (r < 0.4) return token(l, 'refresh', added);
+    if (r < 0.55) {
+      const table = rand() < 0.5 ? 'access' : 'refresh';
+      const signature = pick(l[table]);
+      if (signature) await c.query(`UPDATE hydra_oauth2_${table} SET active = false, granted_scope = granted_scope || '|revoked' WHERE signature = $1`, [signature]);
+      return;
     }
-    if (r < 0.07) {
-      const id = next['public.wide']++;
-      const cols = WIDE_COLUMNS.map((_, i) => `w${id}-${i}-${int(1000)}`);
-      const body = crypto.randomBytes(2000 + int(6000)).toString('hex'); // stored EXTERNAL: always TOASTed
-      await c.query(`INSERT INTO wide (id, body, ${WIDE_COLUMNS.join(', ')}) VALUES ($1, $2, ${WIDE_COLUMNS.map((_, i) => `$${i + 3}`).join(', ')})`, [id, body, ...cols]);
-      t['public.wide'].push(id);
-      added.push(`public.wide:${id}`);
-      return 1;
+    if (r < 0.63) {
+      const signature = pick(l.access);
+      if (!signature) return;
+      l.access = drop(l.access, signature);
+      await c.query('DELETE FROM hydra_oauth2_access WHERE signature = $1', [signature]);
+      return;
     }
-    if (r < 0.14) {
-      const id = pick('public.wide');
-      if (id === null) return 0;
-      const touchBody = rand() < 0.3;
-      // Without the body: it is not sent and the change lists it as unchanged TOAST.
-      const res = await c.query(`UPDATE wide SET c01 = $2, c17 = NULL${touchBody ? `, body = body || 'ff'` : ''} WHERE id = $1`, [id, `u${int(1e6)}`]);
-      return res.rowCount ?? 0;
-    }
-    if (r < 0.16) {
-      const id = pick('public.wide');
-      if (id === null) return 0;
-      drop('public.wide', id);
-      return (await c.query('DELETE FROM wide WHERE id = $1', [id])).rowCount ?? 0;
-    }
-    if (r < 0.45) {
-      const id = next['public.accounts']++;
-      const tags = ['a', `b ${id}`, null, 'd"e', 'f,g{}'].slice(0, 1 + int(5));
-      const doc = { n: id, name: `o'neil "${id}"`, nested: { list: [1, 2.5, null, 'x'] }, unicode: 'é ✓' };
-      await c.query(`INSERT INTO accounts (id, name, balance, score, tags, doc, at) VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp())`, [
-        id,
-        `acct ${id}\t"${int(100)}"`,
-        (rand() * 1e6).toFixed(int(6)),
-        rand() * 1000,
-        tags,
-        JSON.stringify(doc),
-      ]);
-      t['public.accounts'].push(id);
-      added.push(`public.accounts:${id}`);
-      return 1;
-    }
-    if (r < 0.62) {
-      const id = pick('public.accounts');
-      if (id === null) return 0;
-      const res = await c.query(
-        `UPDATE accounts SET balance = coalesce(balance, 0) + $2, tags = array_append(tags, $3), doc = jsonb_set(coalesce(doc, '{}'), '{n}', to_jsonb($4::int)), at = clock_timestamp() WHERE id = $1`,
-        [id, (rand() * 100).toFixed(2), `t${int(100)}`, int(1e6)],
+    if (r < 0.68) {
+      const id = `cx-client-${++n}`;
+      const { rows } = await c.query<{ pk: number }>(
+        `INSERT INTO hydra_client (id, client_name, redirect_uris, grant_types, response_types, contacts, metadata)
+         VALUES ($1, $2, 'https://a.test/cb|https://b.test/cb', 'authorization_code|refresh_token', 'code', 'ops@x.test', '{"tier": 2}') RETURNING pk`,
+        [id, `client ${n}`],
       );
-      return res.rowCount ?? 0;
+      l.clients.push(id);
+      added.push(`public.hydra_client:${rows[0]!.pk}`);
+      return;
     }
-    if (r < 0.7) {
-      const id = pick('public.accounts');
-      if (id === null) return 0;
-      drop('public.accounts', id);
-      return (await c.query('DELETE FROM accounts WHERE id = $1', [id])).rowCount ?? 0;
+    if (r < 0.75) {
+      await c.query(`UPDATE hydra_client SET client_name = $2, redirect_uris = $3 WHERE id = $1`, [await client(l), `renamed ${++n}`, `https://u${n}.test|https://v.test`]);
+      return;
     }
-    if (r < 0.85) {
-      // One statement, three rows.
-      const first = next['public.events'];
-      next['public.events'] += 3;
-      const res = await c.query(
-        `INSERT INTO events (id, account, kind, payload) SELECT g, $2, 'kind' || (g % 3), jsonb_build_object('g', g, 'arr', jsonb_build_array(g, 'x')) FROM generate_series($1::bigint, $1::bigint + 2) g`,
-        [first, pick('public.accounts')],
+    if (r < 0.88) {
+      // A login + consent flow (what a user signing in does).
+      const id = ++n;
+      const owner = await client(l);
+      await c.query(
+        `WITH ar AS (INSERT INTO hydra_oauth2_authentication_request (challenge, requested_scope, verifier, csrf, subject, request_url, skip, client_id, requested_at_audience)
+                     VALUES ($1, 'openid|offline', $3, 'csrf', 'cx-subject', 'https://live.test', false, $4, 'api') RETURNING challenge, client_id),
+              lh AS (INSERT INTO hydra_oauth2_authentication_request_handled (challenge, subject, remember, remember_for, error, acr, was_used)
+                     SELECT challenge, 'cx-subject', true, 3600, '{}', 'acr1', true FROM ar RETURNING challenge),
+              cr AS (INSERT INTO hydra_oauth2_consent_request (challenge, verifier, client_id, subject, request_url, skip, requested_scope, csrf, login_challenge)
+                     SELECT $2, $3, ar.client_id, 'cx-subject', 'https://live.test', false, 'openid|offline', 'csrf', lh.challenge FROM ar, lh RETURNING challenge)
+         INSERT INTO hydra_oauth2_consent_request_handled (challenge, granted_scope, remember, remember_for, error, was_used, granted_at_audience, session_id_token)
+         SELECT challenge, 'openid|offline', true, 0, '{}', false, 'api', '{"sid": "s1"}' FROM cr`,
+        [`cx-l-${id}`, `cx-c-${id}`, `cx-v-${id}`, owner],
       );
-      for (let id = first; id < first + 3; id++) {
-        t['public.events'].push(id);
-        added.push(`public.events:${id}`);
+      l.consents.push({ challenge: `cx-c-${id}`, client: owner });
+      for (const t of ['authentication_request', 'authentication_request_handled']) added.push(`public.hydra_oauth2_${t}:cx-l-${id}`);
+      for (const t of ['consent_request', 'consent_request_handled']) added.push(`public.hydra_oauth2_${t}:cx-c-${id}`);
+      return;
+    }
+    if (r < 0.92) {
+      // A consent revoked: its tokens go with it on blue (ON DELETE CASCADE).
+      const consent = pick(l.consents);
+      if (consent) {
+        l.consents = drop(l.consents, consent);
+        await c.query('DELETE FROM hydra_oauth2_consent_request_handled WHERE challenge = $1', [consent.challenge]);
       }
-      return res.rowCount ?? 0;
+      return;
     }
-    if (r < 0.93) {
-      const id = pick('public.events');
-      if (id === null) return 0;
-      return (await c.query(`UPDATE events SET payload = payload || jsonb_build_object('seen', $2::int), kind = NULL WHERE id = $1`, [id, int(1000)])).rowCount ?? 0;
-    }
-    const id = pick('public.events');
-    if (id === null) return 0;
-    drop('public.events', id);
-    return (await c.query('DELETE FROM events WHERE id = $1', [id])).rowCount ?? 0;
+    // A rolled-back savepoint inside a transaction that may well commit.
+    const signature = `cx-a-${++n}`;
+    await c.query('SAVEPOINT sp');
+    await c.query(
+      `INSERT INTO hydra_oauth2_access (signature, request_id, client_id, scope, granted_scope, form_data, session_data, subject)
+       SELECT $1, 'cx-sp', id, 'openid', 'openid', '', '{}', 'cx-subject' FROM hydra_client ORDER BY pk LIMIT 1`,
+      [signature],
+    );
+    await c.query('ROLLBACK TO SAVEPOINT sp');
+    discarded.push(`public.hydra_oauth2_access:${signature}`);
   }
 
   async function transaction(): Promise<void> {
-    const t: Record<Table, number[]> = { 'public.accounts': [...live['public.accounts']], 'public.events': [...live['public.events']], 'public.wide': [...live['public.wide']] };
+    const l: Live = { access: [...live.access], refresh: [...live.refresh], clients: [...live.clients], consents: [...live.consents] };
     const added: string[] = [];
     const discarded: string[] = [];
-    let changes = 0;
     await c.query('BEGIN');
-    for (let n = 1 + int(4); n > 0; n--) changes += await statement(t, added, discarded);
+    for (let k = 1 + int(3); k > 0; k--) await statement(l, added, discarded);
     const rollback = rand() < 0.15;
     await c.query(rollback ? 'ROLLBACK' : 'COMMIT');
-    for (const k of discarded) tally.discarded.add(k);
+    for (const key of discarded) tally.discarded.add(key);
     if (rollback) {
-      for (const k of added) tally.discarded.add(k);
+      for (const key of added) tally.discarded.add(key);
       tally.rolledBack += 1;
       return;
     }
-    live = t;
-    for (const k of added) tally.inserted.add(k);
+    live = l;
+    for (const key of added) tally.inserted.add(key);
     tally.transactions += 1;
-    tally.changes += changes;
-    if (changes) tally.withChanges += 1;
   }
 
+  let error: unknown = null;
   const done = (async () => {
     while (!stopping) {
       await transaction();
-      await sleep(1 + int(6));
+      await sleep(5 + int(25));
     }
   })();
+  done.catch((err: unknown) => (error = err)); // reported by failed() at once, thrown by stop()
   return {
     stop: async () => {
       stopping = true;
       await done;
       return tally;
     },
+    failed: () => error,
   };
 }
 
-/** A running child reader. */
+/** A running child catch-up. */
 interface Child {
   proc: ChildProcess;
-  /** Resolves true at the first progress line (a batch is committed), false if the child exits first. */
-  firstProgress: Promise<boolean>;
+  /** Resolves true once stderr matches `re` at least `times` times, false if the child exits first. */
+  until: (re: RegExp, times: number) => Promise<boolean>;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   stdout: () => string;
   stderr: () => string;
@@ -213,7 +254,7 @@ let refName: string | undefined;
 let blue: pg.Client | undefined;
 const greens: Db[] = [];
 const children = new Set<ChildProcess>();
-let writer: { stop: () => Promise<Tally> } | undefined;
+let writer: Writer | undefined;
 const slots: string[] = [];
 let publication: string | undefined;
 
@@ -233,35 +274,74 @@ async function greenAdmin(sql: string): Promise<void> {
   }
 }
 
-function spawnChild(slot: string, greenDsn: string, uptoLsn?: string): Child {
-  const proc = spawn(process.execPath, ['--import', 'tsx', CHILD, slot, publication!, String(CHAOS_BATCH), ...(uptoLsn ? [uptoLsn] : [])], {
-    env: { ...process.env, CI: 'true', STREAM_BLUE_DSN: pair!.blueDsn, STREAM_GREEN_DSN: greenDsn },
+function spawnChild(slot: string, uptoLsn?: string): Child {
+  const proc = spawn(process.execPath, ['--import', 'tsx', CHILD, slot, publication!, String(STAGE_BATCH), ...(uptoLsn ? [uptoLsn] : [])], {
+    env: { ...process.env, CI: 'true', STREAM_BLUE_DSN: pair!.blueDsn, STREAM_GREEN_DSN: pair!.greenDsn, STREAM_MAP_BATCH: String(MAP_BATCH), STREAM_READ_UPTO: '1' },
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.add(proc);
   let out = '';
   let err = '';
+  const waiters = new Set<() => void>();
   proc.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  proc.stderr!.on('data', (b: Buffer) => {
+    err += b.toString();
+    for (const w of waiters) w();
+  });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     proc.once('exit', (code, signal) => {
       children.delete(proc);
       resolve({ code, signal });
     }),
   );
-  const firstProgress = new Promise<boolean>((resolve) => {
-    proc.stderr!.on('data', (b: Buffer) => {
-      err += b.toString();
-      if (/^stream \S+: \d+ change/m.test(err)) resolve(true);
+  const until = (re: RegExp, times: number): Promise<boolean> =>
+    new Promise((resolve) => {
+      const check = (): void => {
+        if ((err.match(new RegExp(re.source, 'gm')) ?? []).length >= times) {
+          waiters.delete(check);
+          resolve(true);
+        }
+      };
+      waiters.add(check);
+      check();
+      void exited.then(() => {
+        waiters.delete(check);
+        resolve(false);
+      });
     });
-    void exited.then(() => resolve(false));
-  });
-  return { proc, firstProgress, exited, stdout: () => out, stderr: () => err };
+  return { proc, until, exited, stdout: () => out, stderr: () => err };
 }
 
-async function appliedLsn(green: Db, slot: string): Promise<string | null> {
-  const { rows } = await green.query<{ lsn: string }>('SELECT applied_lsn::text AS lsn FROM bluegreen_green.stream_mark WHERE slot = $1', [slot]);
-  return rows[0]?.lsn ?? null;
+/** Where green's staging and mapping stand, and how many staged changes lie at or below the mapped mark. */
+async function marks(green: Db, slot: string): Promise<{ staged: string | null; mapped: { lsn: string; seq: number; changes: number } | null; upToMapped: number }> {
+  const staged = (await green.query<{ lsn: string }>('SELECT applied_lsn::text AS lsn FROM bluegreen_green.stream_mark WHERE slot = $1', [slot])).rows[0]?.lsn ?? null;
+  const exists = (await green.query<{ ok: boolean }>(`SELECT to_regclass('bluegreen_green.mapped_mark') IS NOT NULL AS ok`)).rows[0]!.ok;
+  const mapped = exists
+    ? ((await green.query<{ lsn: string; seq: number; changes: number }>('SELECT applied_lsn::text AS lsn, applied_seq AS seq, changes::int AS changes FROM bluegreen_green.mapped_mark WHERE slot = $1', [slot])).rows[0] ?? null)
+    : null;
+  const upToMapped = mapped
+    ? (await green.query<{ n: number }>('SELECT count(*)::int AS n FROM bluegreen_green.change_log WHERE (lsn, seq) <= ($1::pg_lsn, $2::int)', [mapped.lsn, mapped.seq])).rows[0]!.n
+    : 0;
+  return { staged, mapped, upToMapped };
+}
+
+/** Waits until the child's mapping has committed `n` more batches (the mapped mark moved n times), or it exited. */
+async function mappedBatches(green: Db, slot: string, child: Child, n: number): Promise<void> {
+  let last = (await marks(green, slot)).mapped?.changes ?? 0;
+  for (let moved = 0; moved < n && child.proc.exitCode === null && child.proc.signalCode === null; await sleep(10)) {
+    const now = (await marks(green, slot)).mapped?.changes ?? 0;
+    if (now !== last) {
+      moved += 1;
+      last = now;
+    }
+  }
+}
+
+/** (lsn, seq) order of two mapped marks: negative when a is before b. */
+async function compareMarks(green: Db, a: { lsn: string; seq: number }, b: { lsn: string; seq: number }): Promise<number> {
+  const { rows } = await green.query<{ c: number }>('SELECT CASE WHEN ($1::pg_lsn, $2::int) < ($3::pg_lsn, $4::int) THEN -1 WHEN ($1::pg_lsn, $2::int) = ($3::pg_lsn, $4::int) THEN 0 ELSE 1 END AS c', [a.lsn, a.seq, b.lsn, b.seq]);
+  return rows[0]!.c;
 }
 
 /** Per row of the change log, in (lsn, seq) order: its key and an md5 of every column. */
@@ -280,19 +360,36 @@ async function logRow(green: Db, lsnSeq: string | undefined): Promise<unknown> {
   return rows[0] ?? null;
 }
 
-/** Every row of a table on blue as the reader's WAL sender prints it, by id. */
-async function blueRows(table: Table): Promise<Map<string, TextRow>> {
-  const { rows: cols } = await blue!.query<{ list: string }>(
-    `SELECT string_agg(format('%I::text AS %I', attname, attname), ', ' ORDER BY attnum) AS list FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`,
-    [table],
-  );
-  const { rows } = await blue!.query<TextRow>(`SELECT ${cols[0]!.list} FROM ${table}`);
-  return new Map(rows.map((r) => [r.id!, r]));
+/** The mapping's own state on green: the unmapped rows (without their timestamp) and the v1 staging tables. */
+async function mappingState(green: Db): Promise<Record<string, string>> {
+  const { rows: tables } = await green.query<{ t: string }>(`SELECT format('%I.%I', schemaname, tablename) AS t FROM pg_tables WHERE schemaname = 'bluegreen_green' AND tablename LIKE 'v1\\_%' ORDER BY 1`);
+  const out: Record<string, string> = {};
+  for (const { t } of [...tables, { t: 'bluegreen_green.unmapped' }]) {
+    const expr = t === 'bluegreen_green.unmapped' ? `row(x.lsn, x.seq, x.relation, x.key, x.reason, x.row)::text` : 'x::text';
+    out[t] = (await green.query<{ h: string }>(`SELECT md5(coalesce(string_agg(${expr}, E'\\n' ORDER BY ${expr}), '')) AS h FROM ${t} x`)).rows[0]!.h;
+  }
+  return out;
 }
 
-/** Applies the change log in order to empty tables; refuses an insert of a present key or a change of a missing one. */
-async function replay(green: Db): Promise<Map<string, Map<string, TextRow>>> {
-  const tables = new Map<string, Map<string, TextRow>>(TABLES.map((t) => [t, new Map()]));
+/** Every row of the published tables on blue, as the reader's WAL sender prints them (output functions: `t`, not `true`), by primary key. */
+async function blueTables(tables: readonly string[]): Promise<Tables> {
+  const out: Tables = new Map();
+  for (const table of tables) {
+    const { rows: meta } = await blue!.query<{ list: string; pk: string }>(
+      `SELECT (SELECT string_agg(format('CASE WHEN %I IS NULL THEN NULL ELSE format(''%%s'', %I) END AS %I', attname, attname, attname), ', ' ORDER BY attnum) FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped) AS list,
+              (SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = $1::regclass AND i.indisprimary) AS pk`,
+      [table],
+    );
+    const { list, pk } = meta[0]!;
+    const { rows } = await blue!.query<TextRow>(`SELECT ${list} FROM ${table}`);
+    out.set(table, { pk, rows: new Map(rows.map((r) => [r[pk]!, r])) });
+  }
+  return out;
+}
+
+/** Applies the change log in order to blue's rows at the slot's start; refuses an insert of a present key or a change of a missing one. */
+async function replay(green: Db, start: Tables): Promise<Tables> {
+  const tables: Tables = new Map([...start].map(([t, v]) => [t, { pk: v.pk, rows: new Map(v.rows) }]));
   const { rows } = await green.query<{ at: string; relation: string; op: string; key: TextRow | null; row: TextRow | null; toast_unchanged: string[] | null }>(
     `SELECT lsn::text || '#' || seq AS at, relation, op, key, "row", toast_unchanged FROM bluegreen_green.change_log ORDER BY lsn, seq`,
   );
@@ -300,18 +397,18 @@ async function replay(green: Db): Promise<Map<string, Map<string, TextRow>>> {
     const table = tables.get(c.relation);
     if (!table) throw new Error(`${c.at}: change of an unknown relation ${c.relation}`);
     if (c.op === 'I') {
-      const id = c.row!.id!;
-      if (table.has(id)) throw new Error(`${c.at}: insert of ${c.relation} id ${id}, already present (applied twice?)`);
-      table.set(id, c.row!);
+      const id = c.row![table.pk]!;
+      if (table.rows.has(id)) throw new Error(`${c.at}: insert of ${c.relation} ${id}, already present (applied twice?)`);
+      table.rows.set(id, c.row!);
     } else if (c.op === 'U' || c.op === 'D') {
-      const id = c.key!.id!;
-      const old = table.get(id);
-      if (!old) throw new Error(`${c.at}: ${c.op} of ${c.relation} id ${id}, not present (a write lost?)`);
-      table.delete(id);
+      const id = c.key![table.pk]!;
+      const old = table.rows.get(id);
+      if (!old) throw new Error(`${c.at}: ${c.op} of ${c.relation} ${id}, not present (a write lost?)`);
+      table.rows.delete(id);
       if (c.op === 'U') {
         const row = { ...c.row! };
         for (const col of c.toast_unchanged ?? []) row[col] = old[col] ?? null;
-        table.set(row.id!, row);
+        table.rows.set(row[table.pk]!, row);
       }
     } else {
       throw new Error(`${c.at}: unexpected op ${c.op}`);
@@ -323,12 +420,21 @@ async function replay(green: Db): Promise<Map<string, Map<string, TextRow>>> {
 beforeAll(async () => {
   pair = await createDbPair('streamchaos');
   refName = `${pair.name}_ref`;
-  await greenAdmin(`CREATE DATABASE ${ident(refName)}`);
+  await seedBlue(pair, FIXTURE);
+  const g = new pg.Client({ connectionString: pair.greenDsn });
+  await g.connect();
+  try {
+    await seedUpgradedToV2(g, FIXTURE);
+  } finally {
+    await g.end();
+  }
+  // The reference green starts as an exact copy (no session may be connected to the template).
+  await greenAdmin(`CREATE DATABASE ${ident(refName)} TEMPLATE ${ident(pair.name)}`);
   blue = new pg.Client({ connectionString: pair.blueDsn, options: OUTPUT_OPTIONS });
   await blue.connect();
   const { rows } = await blue.query<{ wal_level: string }>('SHOW wal_level');
   expect(rows[0]!.wal_level, 'blue must run with wal_level=logical (support/embedded.ts)').toBe('logical');
-});
+}, 120_000);
 
 afterAll(async () => {
   try {
@@ -355,83 +461,101 @@ afterAll(async () => {
   }
 });
 
-describe('stream reader under kill -9', () => {
-  it('a catch-up SIGKILLed at random points and resumed stages exactly what an uninterrupted run stages', { timeout: 240_000 }, async () => {
+describe('catch-up (stage + map) under kill -9', () => {
+  it('a catch-up SIGKILLed at random points while blue takes writes, then resumed, gives the green of an uninterrupted run', { timeout: 240_000 }, async () => {
     const started = Date.now();
+    const took: Record<string, number> = {};
+    process.stderr.write(`stream chaos: seed ${SEED} (STREAM_CHAOS_SEED=${SEED} replays its choices)\n`);
     const rand = prng(SEED);
     const c = blue!;
-    await c.query(`CREATE TABLE accounts (id int PRIMARY KEY, name text, balance numeric, score float8, tags text[], doc jsonb, at timestamptz);
-      CREATE TABLE events (id bigint PRIMARY KEY, account int, kind text, payload jsonb);
-      CREATE TABLE wide (id int PRIMARY KEY, body text, ${WIDE_COLUMNS.map((col) => `${col} text`).join(', ')});
-      ALTER TABLE wide ALTER COLUMN body SET STORAGE EXTERNAL`);
     const id = `chaos-${crypto.randomBytes(6).toString('hex')}`;
     const pub = publicationName(id);
     publication = pub;
-    await c.query(`CREATE PUBLICATION ${ident(pub)} FOR TABLE accounts, events, wide`);
+    const present = await c.query<{ t: string }>(`SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NOT NULL ORDER BY t`, [HYDRA_V1_TO_V2.writes]);
+    const published = present.rows.map((r) => r.t);
+    await c.query(`CREATE PUBLICATION ${ident(pub)} FOR TABLE ${published.join(', ')}`);
     const [slotA, slotB] = [slotName(`${id}-a`), slotName(`${id}-b`)];
     // Both slots before the first write: they hand out exactly the same transactions.
     for (const slot of [slotA, slotB]) {
       await c.query(`SELECT pg_create_logical_replication_slot(${literal(slot)}, 'pgoutput')`);
       slots.push(slot);
     }
+    const atStart = await blueTables(published);
 
     const writerClient = new pg.Client({ connectionString: pair!.blueDsn });
     await writerClient.connect();
     let tally: Tally;
-    let final: StreamStats;
+    let final: StreamStats & { mapped: number; mapMs: number };
     let reference: StreamStats;
-    const kills = { total: 0, afterCommit: 0, fromSpawn: 0, selfExited: 0 };
+    const kills = { total: 0, afterStaged: 0, inMapping: 0, mapMoved: 0, selfExited: 0 };
     const green = await connect('green', pair!.greenDsn, 'stream-chaos-check');
     greens.push(green);
     const refDsn = withDatabase(inject('greenAdminDsn'), refName!);
     const refGreen = await connect('green', refDsn, 'stream-chaos-reference');
     greens.push(refGreen);
-    await installChangeLog(green); // the mark is read between kills, maybe before a child got that far
+    await installChangeLog(green); // the marks are read between kills, maybe before a child got that far
     try {
       writer = startWriter(writerClient, prng(SEED ^ 0x5eed));
-      await sleep(300);
+      await sleep(500);
 
-      // The chaos: spawn, wait, SIGKILL; from the spawn for a few, from the first committed batch for the rest.
-      const plan = [...Array<boolean>(KILLS_AFTER_PROGRESS).fill(false), ...Array<boolean>(KILLS_FROM_SPAWN).fill(true)].sort(() => rand() - 0.5);
+      took.setup = Date.now() - started;
+      // The chaos: spawn, wait for the planned point, SIGKILL.
+      const plan = (Object.entries(KILLS) as [KillKind, number][]).flatMap(([kind, n]) => Array<KillKind>(n).fill(kind)).sort(() => rand() - 0.5);
+      let previous = await marks(green, slotA);
       for (let attempt = 0; kills.total < plan.length; attempt++) {
-        expect(attempt, 'children kept exiting on their own before they could be killed').toBeLessThan(plan.length + 10);
-        const fromSpawn = plan[kills.total]!;
-        const before = await appliedLsn(green, slotA);
-        const child = spawnChild(slotA, pair!.greenDsn);
-        if (!fromSpawn) {
-          const progressed = await Promise.race([child.firstProgress, sleep(30_000).then(() => false)]);
-          if (!progressed) {
-            await kill9(child.proc);
-            throw new Error(`the child printed no progress line:\n${child.stderr()}`);
-          }
+        expect(attempt, 'children kept exiting on their own before they could be killed').toBeLessThan(plan.length + 15);
+        if (writer.failed()) throw writer.failed();
+        const kind = plan[kills.total]!;
+        const child = spawnChild(slotA);
+        let delay = 100 + Math.floor(rand() * 1400);
+        if (kind === 'staged') {
+          await child.until(/^stream \S+: \d+ change/, 1);
+          delay = Math.floor(rand() * 400);
+        } else if (kind === 'mapping') {
+          // At the mapping's start or after its n-th committed batch, then within the next batch.
+          const n = Math.floor(rand() * 3);
+          if ((await child.until(/^stream-child: mapping$/, 1)) && n > 0) await mappedBatches(green, slotA, child, n);
+          delay = Math.floor(rand() * 250);
         }
-        await sleep(100 + Math.floor(rand() * 1400));
+        await sleep(delay);
         const running = child.proc.exitCode === null && child.proc.signalCode === null;
         await kill9(child.proc);
         const exit = await child.exited;
         if (!running || exit.signal !== 'SIGKILL') {
           expect(exit.code, `a child exited on its own with an error:\n${child.stderr()}`).toBe(0);
           kills.selfExited += 1;
-          continue;
+        } else {
+          kills.total += 1;
+          if (/^stream \S+: \d+ change/m.test(child.stderr())) kills.afterStaged += 1;
+          if (/^stream-child: mapping$/m.test(child.stderr())) kills.inMapping += 1;
         }
-        kills.total += 1;
-        if (fromSpawn) kills.fromSpawn += 1;
-        if ((await appliedLsn(green, slotA)) !== before) kills.afterCommit += 1;
+        // Nothing moved back, and the mapped mark counts exactly the staged changes up to it: none twice, none skipped.
+        const now = await marks(green, slotA);
+        if (now.mapped && now.mapped.changes !== previous.mapped?.changes) kills.mapMoved += 1;
+        if (previous.mapped) expect(await compareMarks(green, now.mapped!, previous.mapped), 'the mapped mark moved back').toBeGreaterThanOrEqual(0);
+        if (now.mapped) expect(now.mapped.changes, `mapped mark ${now.mapped.lsn}/${now.mapped.seq}`).toBe(now.upToMapped);
+        previous = now;
       }
 
+      took.chaos = Date.now() - started - took.setup;
       tally = await writer.stop();
       writer = undefined;
       const upto = (await c.query<{ lsn: string }>('SELECT pg_current_wal_insert_lsn()::text AS lsn')).rows[0]!.lsn;
 
-      // Resume the chaos run to the end, and the reference run from scratch, side by side.
-      const resumed = spawnChild(slotA, pair!.greenDsn, upto);
+      // Resume the chaos run to the end, and run the reference from scratch, side by side.
+      const resumed = spawnChild(slotA, upto);
       const [exit, ref] = await Promise.all([
         resumed.exited,
-        streamToGreen({ blueDsn: pair!.blueDsn, green: refGreen, slot: slotB, publication: pub, uptoLsn: upto, batchChanges: REFERENCE_BATCH }),
+        (async () => {
+          const stats = await streamToGreen({ blueDsn: pair!.blueDsn, green: refGreen, slot: slotB, publication: pub, uptoLsn: upto, batchChanges: REFERENCE_STAGE_BATCH });
+          await applyStagedChanges(refGreen, { mapping: HYDRA_V1_TO_V2.streamMapping!, batch: REFERENCE_MAP_BATCH, slot: slotB });
+          return stats;
+        })(),
       ]);
       expect(exit, `the resumed run failed:\n${resumed.stderr()}`).toEqual({ code: 0, signal: null });
-      final = JSON.parse(resumed.stdout().trim().split('\n').at(-1)!) as StreamStats;
+      final = JSON.parse(resumed.stdout().trim().split('\n').at(-1)!) as StreamStats & { mapped: number; mapMs: number };
       reference = ref;
+      took.final = Date.now() - started - took.setup - took.chaos;
     } finally {
       await writer?.stop().catch(() => undefined);
       writer = undefined;
@@ -439,32 +563,52 @@ describe('stream reader under kill -9', () => {
     }
 
     expect(final.stopped).toBe('upto');
-    expect(reference).toMatchObject({ stopped: 'upto', changes: tally.changes });
+    expect(reference.stopped).toBe('upto');
     expect(kills.total).toBeGreaterThanOrEqual(10);
-    expect(kills.afterCommit).toBeGreaterThanOrEqual(KILLS_AFTER_PROGRESS);
+    expect(kills.afterStaged).toBeGreaterThanOrEqual(KILLS.staged);
+    expect(kills.inMapping).toBeGreaterThanOrEqual(KILLS.mapping);
+    expect(kills.mapMoved, 'no kill came after a committed mapped batch').toBeGreaterThanOrEqual(1);
 
     // The two change logs are the same, row for row, every column.
     const [chaosLog, refLog] = [await logDigest(green), await logDigest(refGreen)];
-    expect(chaosLog.length).toBe(tally.changes);
-    expect(refLog.length).toBe(tally.changes);
+    expect(chaosLog.length).toBe(reference.changes);
+    expect(refLog.length).toBe(reference.changes);
     const firstDiff = chaosLog.findIndex((d, i) => d !== refLog[i]);
     expect(firstDiff, `first differing change log row: chaos ${JSON.stringify(await logRow(green, chaosLog[firstDiff]))} vs reference ${JSON.stringify(await logRow(refGreen, refLog[firstDiff]))}`).toBe(-1);
-    const { rows: txs } = await green.query<{ n: number }>('SELECT count(DISTINCT lsn)::int AS n FROM bluegreen_green.change_log');
-    expect(txs[0]!.n).toBe(tally.withChanges);
 
-    // No write lost or applied twice: every committed insert once, nothing rolled back ...
-    const { rows: inserts } = await green.query<{ k: string; n: number }>(`SELECT relation || ':' || ("row" ->> 'id') AS k, count(*)::int AS n FROM bluegreen_green.change_log WHERE op = 'I' GROUP BY 1`);
-    expect(inserts.filter((r) => r.n !== 1)).toEqual([]);
-    expect(new Set(inserts.map((r) => r.k))).toEqual(tally.inserted);
-    const { rows: touched } = await green.query<{ k: string }>(
-      `SELECT DISTINCT relation || ':' || coalesce("row" ->> 'id', key ->> 'id') AS k FROM bluegreen_green.change_log`,
-    );
-    expect(touched.map((r) => r.k).filter((k) => tally.discarded.has(k))).toEqual([]);
-    // ... and the log replayed in order rebuilds blue's tables exactly (wide rows' unchanged TOAST included).
-    const rebuilt = await replay(green);
-    for (const table of TABLES) expect(rebuilt.get(table), table).toEqual(await blueRows(table));
-    const { rows: toasted } = await green.query<{ n: number }>(`SELECT count(*)::int AS n FROM bluegreen_green.change_log WHERE toast_unchanged = ARRAY['body']`);
+    // Every staged change mapped exactly once, on both.
+    const [end, refEnd] = [await marks(green, slotA), await marks(refGreen, slotB)];
+    expect(end.mapped).toMatchObject({ changes: chaosLog.length });
+    expect(end.upToMapped).toBe(chaosLog.length);
+    expect(refEnd.mapped).toMatchObject({ lsn: end.mapped!.lsn, seq: end.mapped!.seq, changes: chaosLog.length });
+
+    // Green's v2 tables and the mapping's own state equal the uninterrupted run's.
+    const [chaosTables, refTables] = [await tableChecksums(pair!.greenDsn), await tableChecksums(refDsn)];
+    expect(Object.keys(chaosTables).length).toBeGreaterThan(5);
+    expect(chaosTables).toEqual(refTables);
+    expect(await mappingState(green)).toEqual(await mappingState(refGreen));
+
+    // No write lost or staged twice: every committed insert once, nothing rolled back ...
+    const pks = new Map([...atStart].map(([t, v]) => [t, v.pk]));
+    const { rows: logged } = await green.query<{ relation: string; op: string; key: TextRow | null; row: TextRow | null }>(`SELECT relation, op, key, "row" FROM bluegreen_green.change_log`);
+    const keyOf = (r: { relation: string; key: TextRow | null; row: TextRow | null }): string => `${r.relation}:${(r.row ?? r.key)![pks.get(r.relation)!]}`;
+    const inserts = logged.filter((r) => r.op === 'I').map(keyOf);
+    expect(inserts.length, 'an insert staged twice').toBe(new Set(inserts).size);
+    expect(new Set(inserts)).toEqual(tally.inserted);
+    expect(logged.map(keyOf).filter((k) => tally.discarded.has(k))).toEqual([]);
+    expect(tally.discarded.size).toBeGreaterThan(0);
+    // ... the log replayed over blue's rows at the slot's start rebuilds blue's rows now (unchanged TOAST included) ...
+    const rebuilt = await replay(green, atStart);
+    const now = await blueTables(published);
+    for (const table of published) expect(rebuilt.get(table)!.rows, table).toEqual(now.get(table)!.rows);
+    expect(logged.length).toBeGreaterThan(200);
+    const { rows: toasted } = await green.query<{ n: number }>(`SELECT count(*)::int AS n FROM bluegreen_green.change_log WHERE 'session_data' = ANY (toast_unchanged)`);
     expect(toasted[0]!.n).toBeGreaterThan(0);
+    // ... and every token the writer left on blue is on green's v2 tables, in the same state.
+    for (const t of ['hydra_oauth2_access', 'hydra_oauth2_refresh']) {
+      const q = `SELECT signature, active FROM ${t} WHERE signature LIKE 'cx-%' ORDER BY signature`;
+      expect((await green.query(q)).rows, t).toEqual((await c.query(q)).rows);
+    }
 
     // Slot A was acknowledged past the last staged commit, and nothing holds it.
     const lastLsn = chaosLog.at(-1)!.split('#')[0]!;
@@ -475,8 +619,8 @@ describe('stream reader under kill -9', () => {
     expect(slotRows[0]).toEqual({ ok: true, active: false });
 
     process.stderr.write(
-      `stream chaos (seed ${SEED}): ${kills.total} kills (${kills.afterCommit} after a committed batch, ${kills.fromSpawn} timed from the spawn, ${kills.selfExited} children exited on their own); ` +
-        `writer committed ${tally.transactions} transactions (${tally.changes} changes), rolled back ${tally.rolledBack}; resumed run redelivered ${final.redelivered}, staged ${final.changes}; ${((Date.now() - started) / 1000).toFixed(1)} s\n`,
+      `stream chaos (seed ${SEED}): ${kills.total} kills (${kills.afterStaged} after a staged batch, ${kills.inMapping} during the mapping, ${kills.mapMoved} after the mapped mark moved; ${kills.selfExited} children exited on their own); ` +
+        `writer committed ${tally.transactions} transactions, rolled back ${tally.rolledBack}; ${chaosLog.length} changes staged and mapped; resumed run redelivered ${final.redelivered}, staged ${final.changes} in ${(final.ms / 1000).toFixed(1)} s, mapped ${final.mapped} in ${(final.mapMs / 1000).toFixed(1)} s; ${((Date.now() - started) / 1000).toFixed(1)} s (${Object.entries(took).map(([k, ms]) => `${k} ${(ms / 1000).toFixed(1)} s`).join(', ')})\n`,
     );
   });
 });

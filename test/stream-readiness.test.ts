@@ -1,14 +1,19 @@
 // Safe to leave running for hours: what the stream needs on blue is checked before a slot is made
 // (replica identity, privileges, wal_level, slots and senders, max_slot_wal_keep_size), by preflight
 // when stream.enabled and by doctor always; and every slot of ours on blue is reported by doctor and
-// status with its retained WAL, a slot no live run reads flagged as left behind with the fix.
+// status with its retained WAL, a slot no live run reads flagged as left behind with the fix; status
+// shows green's lag behind blue in bytes and seconds, the recent rate and an ETA, with a backlog and
+// once caught up (and with staged changes not yet mapped).
 // Everything is asserted against what the test cluster actually has (its settings may change).
 import crypto from 'node:crypto';
-import type pg from 'pg';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { installState } from '../src/state/journal.ts';
-import { slotName } from '../src/stream/names.ts';
-import { streamReadiness, type StreamCheck } from '../src/stream/readiness.ts';
+import { MAPPED_SQL } from '../src/stream/apply-changes.ts';
+import { publicationName, slotName } from '../src/stream/names.ts';
+import { streamToGreen } from '../src/stream/reader.ts';
+import { lagLine, streamLag, streamReadiness, streamStatus, type StreamCheck, type StreamLag } from '../src/stream/readiness.ts';
 import { createDbPair, runCli, withClient, writeConfig, type DbPair } from './harness.ts';
 
 interface Check { id: string; ok: boolean; detail: string; hint?: string; warn?: boolean }
@@ -81,7 +86,7 @@ describe('stream readiness on blue', () => {
     expect(r.stdout).toContain('stream: off');
     const on = writeConfig(pair, STREAM_ON);
     const json = JSON.parse((await runCli(['status', '--config', on.file, '--json'], on.env)).stdout);
-    expect(json.stream).toEqual({ enabled: true, slot: null, leftBehind: [] });
+    expect(json.stream).toEqual({ enabled: true, slot: null, leftBehind: [], catchUp: null });
     expect((await runCli(['status', '--config', on.file], on.env)).stdout).toContain('stream: no slot yet');
   });
 
@@ -207,5 +212,82 @@ describe('stream readiness on blue', () => {
     const text = (await runCli(['status', '--config', cfg.file], cfg.env)).stdout;
     expect(text).toContain(`stream: slot ${own} INACTIVE, confirmed up to`);
     expect(text).toMatch(new RegExp(`stream: slot ${left} is LEFT BEHIND .*pg_drop_replication_slot\\('${left}'\\)`));
+  });
+  it('shows lag in bytes and seconds, the recent rate and an ETA in status: with a backlog, and 0 / caught up after the catch-up', async () => {
+    const own = slotName(pair.name);
+    const publication = publicationName(pair.name);
+    // A live run (status reads the database's slot only then), and the slot again, after the
+    // publication: pgoutput cannot decode changes from before its publication existed.
+    await withClient(pair.blueDsn, async (c) => {
+      await installState(c);
+      await c.query(`INSERT INTO bluegreen.run (run_id, config_digest, green_target) SELECT $1, 'test', 'test' WHERE NOT EXISTS (SELECT 1 FROM bluegreen.run)`, [`20250101T000001Z-${suffix}`]);
+      await c.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, [own]);
+      if (!slots.includes(own)) slots.push(own);
+      await c.query(`CREATE PUBLICATION ${publication} FOR TABLE public.keyed`);
+      await c.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [own]);
+      for (let i = 1; i <= 200; i++) await c.query(`INSERT INTO public.keyed VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v`, [i, `first ${i}`]);
+    });
+    const cfg = writeConfig(pair, STREAM_ON);
+    const green = new pg.Client({ connectionString: pair.greenDsn });
+    await green.connect();
+    const status = async (): Promise<StreamLag> => {
+      const json = await runCli(['status', '--config', cfg.file, '--json'], cfg.env);
+      expect(json.code, json.stderr).toBe(0);
+      return JSON.parse(json.stdout).stream.catchUp;
+    };
+    const statusText = async (): Promise<string> => (await runCli(['status', '--config', cfg.file], cfg.env)).stdout;
+    try {
+      // Several batches close together: the rate window has a start.
+      const lines: string[] = [];
+      const first = await streamToGreen({ blueDsn: pair.blueDsn, green, slot: own, publication, batchChanges: 20, progress: (l) => lines.push(l) });
+      expect(first).toMatchObject({ changes: 200, stopped: 'caught-up' });
+      expect(lines.at(-1)).toMatch(/; lag \d+ bytes, [\d.]+ s since the last staged commit; now \d+ changes\/s, [\d.]+ (bytes|kB|MB)\/s of WAL; ETA caught up$/);
+
+      // A backlog: more than the 1 MiB of WAL an idle blue may write, committed a while after the catch-up.
+      await sleep(1200);
+      await withClient(pair.blueDsn, async (c) => {
+        for (let i = 1; i <= 30; i++) await c.query(`UPDATE public.keyed SET v = (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 3000)) WHERE id = $1`, [i]);
+      });
+      const behind = await status();
+      expect(behind).toMatchObject({ unmappedChanges: 0, eta: 'estimated', stagedLsn: first.appliedLsn });
+      expect(behind.lagBytes).toBeGreaterThan(1024 * 1024);
+      expect(behind.lagSeconds).toBeGreaterThan(1);
+      expect(behind.lagSeconds).toBeLessThan(120);
+      expect(behind.ratePerSecond).toBeGreaterThan(0);
+      expect(behind.bytesPerSecond).toBeGreaterThan(0);
+      expect(behind.etaSeconds).toBeCloseTo(behind.lagBytes / behind.bytesPerSecond!, 3);
+      expect(await statusText()).toMatch(/stream: lag [\d.]+ MB of WAL, [\d.]+ s behind; rate \d+ changes\/s \([\d.]+ (bytes|kB|MB)\/s of WAL, last [\d.]+ s of batches\); ETA ([\d.]+ s|\d+ min \d+ s|\d+ h \d+ min)/);
+
+      // Caught up again: lag 0 s and "caught up" (unless the shared cluster wrote over 1 MiB since, then a few seconds).
+      const second = await streamToGreen({ blueDsn: pair.blueDsn, green, slot: own, publication, batchChanges: 5 });
+      expect(second.changes).toBe(30);
+      const caught = await status();
+      if (caught.lagBytes <= 1024 * 1024) {
+        expect(caught).toMatchObject({ lagSeconds: 0, eta: 'caught-up', etaSeconds: 0 });
+        expect(lagLine(caught)).toMatch(/^stream: lag [\d.]+ (bytes|kB) of WAL, caught up; rate \d+ changes\/s .*; ETA caught up$/);
+      } else {
+        expect(caught.lagSeconds).toBeLessThan(10);
+      }
+      expect(caught.ratePerSecond).toBeGreaterThan(0);
+
+      // Staged but not mapped (an engine with a mapping): the oldest unmapped commit sets the lag in seconds.
+      await green.query(MAPPED_SQL);
+      const log = (await green.query<{ lsn: string; seq: number; committed_at: Date }>(`SELECT lsn::text, seq, committed_at FROM bluegreen_green.change_log ORDER BY lsn, seq`)).rows;
+      const mappedUpTo = log[199]!;
+      await green.query(`INSERT INTO bluegreen_green.mapped_mark (slot, applied_lsn, applied_seq, changes) VALUES ($1, $2::pg_lsn, $3, 200)`, [own, mappedUpTo.lsn, mappedUpTo.seq]);
+      const slot = (await withClient(pair.blueDsn, (c) => streamStatus(c, { enabled: true }))).slot!;
+      const before = Date.now();
+      const unmapped = await withClient(pair.blueDsn, (c) => streamLag(c, green, slot, { mapped: true }));
+      expect(unmapped.unmappedChanges).toBe(30);
+      expect(unmapped.lagSeconds).toBeGreaterThanOrEqual((before - log[200]!.committed_at.getTime()) / 1000);
+      expect(unmapped.lagSeconds).toBeLessThan(120);
+      expect(unmapped.lagBytes).toBeGreaterThan(1024 * 1024);
+      expect(unmapped.eta).toBe('estimated');
+      await green.query(`UPDATE bluegreen_green.mapped_mark SET applied_lsn = $2::pg_lsn, applied_seq = $3 WHERE slot = $1`, [own, log.at(-1)!.lsn, log.at(-1)!.seq]);
+      expect((await withClient(pair.blueDsn, (c) => streamLag(c, green, slot, { mapped: true }))).unmappedChanges).toBe(0);
+    } finally {
+      await green.end();
+      await withClient(pair.blueDsn, (c) => c.query(`DROP PUBLICATION IF EXISTS ${publication}`));
+    }
   });
 });

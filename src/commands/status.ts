@@ -7,7 +7,7 @@ import { listQuarantine } from '../db/quarantine.ts';
 import { cutoverLines, leverRecord, targetRecords } from '../cutover/state.ts';
 import { Journal, latestRun, type RunRow } from '../state/journal.ts';
 import { CUTOVER_STEP_ORDER, IN_PLACE_STEP_ORDER, OPTIONAL_STEP_ORDER, STEP_ORDER } from '../steps/step.ts';
-import { streamStatus, streamStatusLines } from '../stream/readiness.ts';
+import { streamLag, streamStatus, streamStatusLines } from '../stream/readiness.ts';
 import { table, type CommandResult } from './result.ts';
 import { withContext, type CommonOptions } from './session.ts';
 
@@ -24,7 +24,9 @@ export async function statusCommand(flags: CommonOptions): Promise<CommandResult
     const rehearsal = newest && (!run || newest.started_at > run.started_at) ? newest : null;
     const marker = await readMarker(ctx.green);
     // The run's slot on blue (and the newest rehearsal's); any other slot of ours is left behind.
-    const stream = await streamStatus(ctx.blue, { enabled: ctx.config.raw.stream.enabled });
+    const slots = await streamStatus(ctx.blue, { enabled: ctx.config.raw.stream.enabled });
+    // Green's lag behind the slot, its recent rate and ETA (read from green's marks).
+    const stream = { ...slots, catchUp: slots.slot ? await streamLag(ctx.blue, ctx.green, slots.slot, { mapped: ctx.config.engine.streamMapping !== null }) : null };
     if (!run) {
       const text = ['no run yet: start with `migrate plan`, then `migrate apply`', rehearsal ? rehearsalLine(rehearsal) : '', ...streamStatusLines(stream)].filter(Boolean).join('\n');
       return { exitCode: 0, json: { ok: true, exitCode: 0, run: null, rehearsal, green: marker, stream }, text };

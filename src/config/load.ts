@@ -175,6 +175,7 @@ function sqlIssues(json: unknown): ConfigIssue[] {
     const name = JSON.stringify(at(inv, ['name']) ?? i);
     for (const side of ['blue', 'green']) check(at(inv, [side]), `invariants.${i}.${side}`, 'query', `invariant ${name}: the ${side} query`);
     list(['invariants', i, 'quarantine']).forEach((q, k) => check(at(q, ['key']), `invariants.${i}.quarantine.${k}.key`, 'expression', `invariant ${name}: quarantine key`));
+    list(['invariants', i, 'removedOnGreen']).forEach((q, k) => check(at(q, ['key']), `invariants.${i}.removedOnGreen.${k}.key`, 'expression', `invariant ${name}: removedOnGreen key`));
   });
   list(['watch', 'probes']).forEach((p, i) => {
     if (at(p, ['kind']) === 'sql') check(at(p, ['sql']), `watch.probes.${i}.sql`, 'query', `watch probe ${JSON.stringify(at(p, ['name']) ?? i)}: sql`);

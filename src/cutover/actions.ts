@@ -1,4 +1,4 @@
-// Executes one configured action (sql, http, command, kv) and says whether it worked, what value it
+// Executes one configured action (sql, http, command, kv, route) and says whether it worked, what value it
 // read and how long it took. Targets, the lever and watch probes all run through here, so a probe
 // behaves exactly like the action an operator would run by hand.
 
@@ -7,6 +7,8 @@ import { describeDsn, redact } from '../db/redact.ts';
 import type { ActionSpec, CommandAction, HttpAction, KvAction, SqlAction } from './schema.ts';
 import type { KvResolver } from './kv.ts';
 import { runArgv } from './process.ts';
+import { describeRoute, runRoute } from './route.ts';
+import { OperatorError } from '../errors.ts';
 
 /** Where actions find their databases, KV namespaces and environment. */
 export interface ActionEnv {
@@ -28,9 +30,9 @@ export interface ActionResult {
   ms: number;
 }
 
-/** An action did not do what it was configured to do. */
+/** An action did not do what it was configured to do (`hint` when the action named the fix). */
 export class ActionFailed extends Error {
-  constructor(message: string, readonly ms: number) {
+  constructor(message: string, readonly ms: number, readonly hint?: string) {
     super(message);
     this.name = 'ActionFailed';
   }
@@ -146,11 +148,16 @@ export async function runAction(action: ActionSpec, env: ActionEnv, opts: { save
       case 'kv':
         value = await runKv(action, env, saved, opts.signal);
         break;
+      case 'route':
+        value = await runRoute(action, env.env, saved, opts.signal);
+        break;
     }
     return { value, ms: Math.round(performance.now() - started) };
   } catch (err) {
     const ms = Math.round(performance.now() - started);
-    throw new ActionFailed(redact((err as Error).message ?? String(err)), ms);
+    // The hint travels in the message too: the cutover reports a failed target by its message.
+    const hint = err instanceof OperatorError ? err.hint : undefined;
+    throw new ActionFailed(redact(`${(err as Error).message ?? String(err)}${hint ? ` (${hint})` : ''}`), ms, hint);
   }
 }
 
@@ -165,5 +172,7 @@ export function describeAction(a: ActionSpec): string {
       return `run ${a.argv.join(' ')}`;
     case 'kv':
       return a.put !== undefined ? `KV ${a.namespaceId}/${a.key} := ${a.put}` : `read KV ${a.namespaceId}/${a.key}`;
+    case 'route':
+      return describeRoute(a);
   }
 }

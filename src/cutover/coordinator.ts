@@ -2,6 +2,13 @@
 // prepare every target, commit every target, verify every target. Any failure, or the overall
 // timeout, rolls back every target whose commit started, newest first. Each state change is
 // recorded (journal) before the next action, so `migrate rollback` can finish the job after a crash.
+//
+// Fenced flip (issue H): a fencing target (the edge router's `route`) holds every new request from
+// its prepare on. So fencing targets are prepared after the others (the hold starts as late as it
+// can), then the barrier runs (green catches up with blue, which takes no write any more), then the
+// other targets commit and the fencing ones last: dropping the fence with the route on green
+// releases the held requests to a green that is complete. On any failure the committed targets roll
+// back newest first, and a fence that was raised is lowered after them, on blue.
 
 import { actionOf, type TargetSpec } from './schema.ts';
 import { ActionFailed, runAction, type ActionEnv } from './actions.ts';
@@ -30,8 +37,8 @@ export type TargetLog = (record: TargetRecord) => Promise<void>;
 export interface CutoverFailure {
   /** Target name, or `timeout`. */
   target: string;
-  /** Phase it failed in. */
-  phase: 'prepare' | 'commit' | 'verify' | 'timeout';
+  /** Phase it failed in (`barrier`: the work between prepare and commit). */
+  phase: 'prepare' | 'barrier' | 'commit' | 'verify' | 'timeout';
   /** What went wrong. */
   message: string;
 }
@@ -54,6 +61,14 @@ export interface CutoverOutcome {
 
 class CutoverTimeout extends Error {}
 
+/** A target whose prepare already changes what clients see (the router's fence): prepared last, committed last, lowered on any failure. */
+export const isFencing = (target: TargetSpec): boolean => target.kind === 'route';
+
+/** Prepare and commit order: the configured order, fencing targets moved to the end. */
+export function flipOrder(targets: readonly TargetSpec[]): TargetSpec[] {
+  return [...targets.filter((t) => !isFencing(t)), ...targets.filter(isFencing)];
+}
+
 /** Rolls back the named targets in the order given; never stops early, collects failures. */
 export async function rollbackTargets(targets: readonly TargetSpec[], records: Map<string, TargetRecord>, order: readonly string[], env: ActionEnv, log: TargetLog): Promise<{ target: string; message: string }[]> {
   const failures: { target: string; message: string }[] = [];
@@ -74,8 +89,21 @@ export async function rollbackTargets(targets: readonly TargetSpec[], records: M
   return failures;
 }
 
-/** Runs prepare-all, commit-all, verify-all under one timeout; rolls back on any failure. */
-export async function twoPhaseCutover(targets: readonly TargetSpec[], env: ActionEnv, opts: { timeoutMs: number; log?: TargetLog; progress?: (text: string) => void }): Promise<CutoverOutcome> {
+/** How {@link twoPhaseCutover} runs. */
+export interface FlipOptions {
+  /** Overall budget for prepare, barrier, commit and verify. */
+  timeoutMs: number;
+  /** Journal of target records. */
+  log?: TargetLog;
+  /** Progress lines. */
+  progress?: (text: string) => void;
+  /** Runs after every prepare and before the first commit (with a fence up: blue takes no write); a failure rolls back. */
+  barrier?: (signal: AbortSignal) => Promise<void>;
+}
+
+/** Runs prepare-all, the barrier, commit-all, verify-all under one timeout (fencing targets last); rolls back on any failure. */
+export async function twoPhaseCutover(configured: readonly TargetSpec[], env: ActionEnv, opts: FlipOptions): Promise<CutoverOutcome> {
+  const targets = flipOrder(configured);
   const started = performance.now();
   const log: TargetLog = opts.log ?? (async () => {});
   const say = opts.progress ?? (() => {});
@@ -86,6 +114,7 @@ export async function twoPhaseCutover(targets: readonly TargetSpec[], env: Actio
   let phase: CutoverFailure['phase'] = 'prepare';
   let current = '';
   const timer = setTimeout(() => controller.abort(new CutoverTimeout()), opts.timeoutMs);
+  const fenced: string[] = [];
   const step = async (target: TargetSpec, p: 'prepare' | 'commit' | 'verify'): Promise<string | null> => {
     if (controller.signal.aborted) throw new CutoverTimeout();
     phase = p;
@@ -98,9 +127,17 @@ export async function twoPhaseCutover(targets: readonly TargetSpec[], env: Actio
   try {
     for (const t of targets) {
       const r = records.get(t.name)!;
+      if (isFencing(t)) fenced.push(t.name); // a failed raise lowers its own fence; lowering again is a no-op
       r.saved = await step(t, 'prepare');
       r.state = 'prepared';
       await log(r);
+    }
+    if (opts.barrier) {
+      phase = 'barrier';
+      current = 'barrier';
+      if (controller.signal.aborted) throw new CutoverTimeout();
+      say('barrier: green catches up while the fence holds');
+      await opts.barrier(controller.signal);
     }
     for (const t of targets) {
       const r = records.get(t.name)!;
@@ -128,7 +165,8 @@ export async function twoPhaseCutover(targets: readonly TargetSpec[], env: Actio
     clearTimeout(timer);
   }
   let rollbackFailures: { target: string; message: string }[] = [];
-  const rollbackOrder = failure ? [...touched].reverse() : [];
+  // Committed targets newest first, then the fences still up (lowered on blue once the rest is back).
+  const rollbackOrder = failure ? [...[...touched].reverse(), ...fenced.filter((n) => !touched.includes(n))] : [];
   if (failure) {
     say(`rolling back ${rollbackOrder.join(', ') || 'nothing (no target was committed)'}`);
     // The target whose commit failed may have half-applied: rollback actions must be idempotent.

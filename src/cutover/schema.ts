@@ -1,8 +1,10 @@
 // Config shapes for the cutover half of the tool: targets (sql, http, command, kv) with prepare,
-// commit, verify and rollback actions, the TTL lever (the same shape), watch probes and thresholds,
+// commit, verify and rollback actions, the edge router's fenced flip (route: the four phases are
+// fixed, see route.ts), the TTL lever (the same shape), watch probes and thresholds,
 // semantic invariants and guardrails. src/config/schema.ts plugs these into the one config file.
 
 import { z } from 'zod';
+import type { RouteAction } from './route.ts';
 
 const envName = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const seconds = z.number().positive().max(3600);
@@ -48,15 +50,27 @@ const targetKinds = [
   z.strictObject({ kind: z.literal('kv'), namespaceId: z.string().min(1), key: z.string().min(1), ...phases(kvStep) }),
 ] as const;
 
+/** The edge router's fenced flip: prepare raises the fence, commit flips through it, verify reads it, rollback lowers or flips back. */
+const routeTarget = z.strictObject({
+  kind: z.literal('route'),
+  url: z.url().describe("the edge router's base URL; its admin endpoint is <url>/__bluegreen/route/<op>"),
+  token: z.string().regex(/^env:[A-Za-z_][A-Za-z0-9_]*$/, "must be env:NAME (the router's ROUTE_ADMIN_TOKEN comes from the environment)"),
+  holdMs: z.number().int().min(1).max(120_000).default(10_000).describe('hold budget: requests wait at most this long for the flip, then go back to the old side'),
+  drainMs: z.number().int().min(0).max(120_000).default(2_000).describe('how long prepare waits for requests of the old side still in flight'),
+  timeoutSeconds: seconds.default(10).describe('per admin request (raise gets drainMs on top)'),
+  commit: z.strictObject({ upstream: z.url().describe('the engine the router sends traffic to after the flip') }),
+});
+
 const targetName = z.string().regex(/^[a-z0-9][a-z0-9-]*$/, 'use lower-case letters, digits and dashes');
 
 /** Cutover: the targets, flipped two-phase under one overall timeout. */
 export const cutoverSchema = z.strictObject({
   timeoutSeconds: seconds.default(60).describe('prepare + commit + verify of all targets must finish within this'),
   targets: z
-    .array(z.discriminatedUnion('kind', [targetKinds[0].extend({ name: targetName }), targetKinds[1].extend({ name: targetName }), targetKinds[2].extend({ name: targetName }), targetKinds[3].extend({ name: targetName })]))
+    .array(z.discriminatedUnion('kind', [targetKinds[0].extend({ name: targetName }), targetKinds[1].extend({ name: targetName }), targetKinds[2].extend({ name: targetName }), targetKinds[3].extend({ name: targetName }), routeTarget.extend({ name: targetName })]))
     .min(1)
-    .refine((ts) => new Set(ts.map((t) => t.name)).size === ts.length, { message: 'target names must be unique' }),
+    .refine((ts) => new Set(ts.map((t) => t.name)).size === ts.length, { message: 'target names must be unique' })
+    .refine((ts) => ts.every((t) => t.kind !== 'route' || t.drainMs <= t.holdMs), { message: 'a route target needs drainMs <= holdMs (the drain runs inside the hold budget)' }),
 });
 
 /** The TTL lever: prepare reads the current TTL (remembered), commit raises it, rollback restores `{{saved}}`. */
@@ -94,6 +108,10 @@ export const invariantSchema = z.strictObject({
     .array(z.strictObject({ table: z.string().regex(/^[^.\s]+\.[^.\s]+$/), key: z.string().min(1).describe('SQL over the quarantined row (jsonb `row`) giving the same key') }))
     .default([])
     .describe('blue keys quarantined on green are listed as expected losses by rule (never failed, never credited as present)'),
+  removedOnGreen: z
+    .array(z.strictObject({ table: z.string().regex(/^[^.\s]+\.[^.\s]+$/), key: z.string().min(1).describe('SQL over the captured row key (jsonb `row_key`) giving the same key') }))
+    .optional()
+    .describe("after the flip green serves: blue keys its own clients removed (green's revocation capture, bluegreen.outbox on green) are listed as expected, never failed"),
 });
 
 /** Guardrails checked before any target is committed. */
@@ -110,7 +128,7 @@ export type CommandAction = { kind: 'command' } & z.infer<typeof commandStep>;
 /** A kv action, resolved. */
 export type KvAction = { kind: 'kv'; namespaceId: string; key: string } & z.infer<typeof kvStep>;
 /** Any action, with its kind and target-level fields folded in. */
-export type ActionSpec = SqlAction | HttpAction | CommandAction | KvAction;
+export type ActionSpec = SqlAction | HttpAction | CommandAction | KvAction | RouteAction;
 /** A configured target. */
 export type TargetSpec = z.infer<typeof cutoverSchema>['targets'][number];
 /** The configured lever. */
@@ -126,6 +144,10 @@ export type Phase = 'prepare' | 'commit' | 'verify' | 'rollback';
 
 /** The action a target (or the lever) runs in one phase, with the target-level fields folded in; null when not configured. */
 export function actionOf(target: TargetSpec | LeverSpec, phase: Phase): ActionSpec | null {
+  if (target.kind === 'route') {
+    const { url, token, holdMs, drainMs, timeoutSeconds } = target;
+    return { kind: 'route', phase, url, token, holdMs, drainMs, timeoutSeconds, upstream: target.commit.upstream };
+  }
   const step = target[phase] as Record<string, unknown> | undefined;
   if (target.kind === 'kv' && phase === 'prepare' && !step) return { kind: 'kv', namespaceId: target.namespaceId, key: target.key };
   if (!step) return null;

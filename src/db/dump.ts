@@ -16,7 +16,8 @@ const MAX_DUMP_BYTES = 256 * 1024 * 1024;
 
 /** Runs pg_dump for one section and returns the SQL text (psql meta-commands removed). */
 export async function dumpSection(blueDsn: string, section: 'pre-data' | 'post-data', opts: { snapshot?: string; excludeSchemas?: readonly string[] } = {}): Promise<string> {
-  const args = [`--section=${section}`, '--no-owner', '--no-privileges', '--no-comments', '--format=plain'];
+  // Publications and subscriptions are blue's replication set-up (ours among them), never part of green.
+  const args = [`--section=${section}`, '--no-owner', '--no-privileges', '--no-comments', '--no-publications', '--no-subscriptions', '--format=plain'];
   if (opts.snapshot) args.push(`--snapshot=${opts.snapshot}`);
   for (const s of [...OWN_SCHEMAS, ...(opts.excludeSchemas ?? [])]) args.push(`--exclude-schema=${s}`);
   const env = pgEnv(blueDsn);

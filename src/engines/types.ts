@@ -227,8 +227,13 @@ export interface Engine {
 export interface MappingStatement {
   /** Name in the stats (e.g. `upsert public.hydra_client`). */
   id: string;
-  /** The SQL; no bind parameters. Its row count is reported under `id`. */
+  /** The SQL: one statement, no bind parameters. Its row count is reported under `id`. */
   sql: string;
+  /**
+   * The change log relations (`schema.table`) the statement has work for: it is skipped in a batch
+   * holding none of them. Without it the statement runs in every batch.
+   */
+  reads?: readonly string[];
 }
 
 /**
@@ -238,7 +243,11 @@ export interface MappingStatement {
 export interface StreamMapping {
   /** Which mapping (for messages). */
   name: string;
-  /** Idempotent DDL run once per call before the first batch (staging tables the mapping keeps). */
+  /**
+   * Idempotent DDL run once per call before the first batch, pg_temp.bluegreen_batch already made:
+   * staging tables the mapping keeps, and the session's temporary tables its statements fill (made
+   * once, ON COMMIT DELETE ROWS, rather than per batch).
+   */
   setup: string;
   /** The statements of one batch, in order. */
   statements: readonly MappingStatement[];

@@ -5,7 +5,7 @@
 
 import { createInterface } from 'node:readline/promises';
 import { describeAction } from '../cutover/actions.ts';
-import { rollbackTargets, twoPhaseCutover, type CutoverFailure, type TargetRecord } from '../cutover/coordinator.ts';
+import { flipOrder, isFencing, rollbackTargets, twoPhaseCutover, type CutoverFailure, type TargetRecord } from '../cutover/coordinator.ts';
 import { checkGuardrails, identityRefusal, isIdentityGuardrail, outboxBacklog, type BacklogFn, type Guardrail } from '../cutover/guardrails.ts';
 import { actionOf, type TargetSpec } from '../cutover/schema.ts';
 import { journalTargetLog, LIVE_STATES, targetRecords } from '../cutover/state.ts';
@@ -16,7 +16,7 @@ import { installGreenCapture } from '../replay/capture-green.ts';
 import { drain } from '../replay/drain.ts';
 import type { InvariantResult } from '../validate/invariants.ts';
 import type { Action, Step, StepContext } from './step.ts';
-import { streamActions } from './stream.ts';
+import { catchUpNow, streamActions } from './stream.ts';
 import type { ProbeStats, WatchResult } from './watch.ts';
 
 /** The cutover did not stick: every committed target was rolled back (exit 8). */
@@ -90,7 +90,15 @@ export function cutoverVerdict(phase: Pick<CutoverPhaseResult, 'cutover' | 'erro
 export async function preflightCutover(ctx: StepContext, targets: readonly TargetSpec[], opts: { yes: boolean; backlog?: BacklogFn }): Promise<Guardrail[]> {
   if (!ctx.journal) throw new StateError('there is no run to cut over', 'run `migrate apply` first');
   if (!targets.length) throw new StateError('no cutover targets are configured', 'add cutover.targets to the config (README: Cutover)');
-  const guardrails = await checkGuardrails(ctx.blue, ctx.green, ctx.journal, ctx.config, opts.backlog ?? outboxBacklog(ctx.blue, ctx.green));
+  const check = () => checkGuardrails(ctx.blue, ctx.green, ctx.journal!, ctx.config, opts.backlog ?? outboxBacklog(ctx.blue, ctx.green));
+  let guardrails = await check();
+  // Blue kept writing since apply: when green's stream lag is the only thing in the way, catch it up
+  // (the stream's own idempotent work, nothing clients see) and judge again.
+  if (ctx.config.raw.stream.enabled && guardrails.some((g) => !g.ok) && guardrails.every((g) => g.ok || g.id === 'stream-caught-up')) {
+    const caught = await catchUpNow(ctx);
+    ctx.progress(`stream: green caught up to blue's ${caught.upto} (${caught.staged} changes staged, ${caught.mapped} mapped, ${caught.ms} ms)`);
+    guardrails = await check();
+  }
   const failed = guardrails.filter((g) => !g.ok);
   // The wrong run or the wrong green outranks every other verdict: the others describe another database.
   if (failed.some(isIdentityGuardrail)) throw identityRefusal('cutover', await ctx.journal.run(), ctx.config.greenDsn, guardrails);
@@ -138,7 +146,10 @@ export const cutover = {
   async plan(ctx) {
     const w = wiringOf(ctx);
     const green = ctx.config.engine.capture.green;
-    const names = w.targets.map((t) => t.name);
+    const ordered = flipOrder(w.targets);
+    const names = ordered.map((t) => t.name);
+    // A fenced flip catches the stream up between prepare and commit (issue H); without a stream there is nothing to catch up.
+    const fenced = ctx.config.raw.stream.enabled && ordered.some(isFencing);
     return [
       {
         id: 'green-capture',
@@ -156,14 +167,23 @@ export const cutover = {
       ...(ctx.config.raw.stream.enabled ? await streamActions(ctx, 'stream', 'stage the writes blue committed up to now in green\'s change log') : []),
       {
         id: 'flip',
-        sentence: `prepare ${names.join(', ')}, then commit them in that order; any failure rolls the committed ones back, newest first`,
-        side: 'none',
-        facts: { targets: w.targets.map((t) => ({ name: t.name, commit: describeAction(actionOf(t, 'commit')!) })) },
+        sentence: fenced
+          ? `prepare ${names.join(', ')} (the last raises the router's fence: requests are held, not failed), catch green up to blue's WAL position, then commit them in that order (dropping the fence on green); any failure rolls the committed ones back, newest first, and lowers the fence on blue`
+          : `prepare ${names.join(', ')}, then commit them in that order; any failure rolls the committed ones back, newest first`,
+        side: fenced ? 'both' : 'none',
+        facts: { targets: ordered.map((t) => ({ name: t.name, commit: describeAction(actionOf(t, 'commit')!) })) },
         execute: async ({ ctx: c }) => {
-          const outcome = await twoPhaseCutover(w.targets, w.env, { timeoutMs: (c.config.raw.cutover?.timeoutSeconds ?? 60) * 1000, log: journalTargetLog(c.journal!), progress: c.progress });
+          let barrier: Awaited<ReturnType<typeof catchUpNow>> | null = null;
+          const outcome = await twoPhaseCutover(w.targets, w.env, {
+            timeoutMs: (c.config.raw.cutover?.timeoutSeconds ?? 60) * 1000,
+            log: journalTargetLog(c.journal!),
+            progress: c.progress,
+            // With a fence up blue takes no write: green catches up to blue's position before any commit.
+            ...(fenced ? { barrier: async () => void (barrier = await catchUpNow(c)) } : {}),
+          });
           const targets = outcome.targets.map((t) => ({ name: t.name, status: t.state }));
-          if (outcome.failure) throw new CutoverRolledBackError(outcome.failure, { targets, rollbackOrder: outcome.rollbackOrder, flipMs: outcome.ms }, outcome.rollbackFailures);
-          return { targets, flipMs: outcome.ms };
+          if (outcome.failure) throw new CutoverRolledBackError(outcome.failure, { targets, rollbackOrder: outcome.rollbackOrder, flipMs: outcome.ms, barrier }, outcome.rollbackFailures);
+          return { targets, flipMs: outcome.ms, barrier };
         },
       },
     ] satisfies Action[];

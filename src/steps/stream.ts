@@ -24,10 +24,25 @@ export async function streamActions(ctx: StepContext, id: string, sentence: stri
   const batch = ctx.config.raw.stream.batchChanges;
   return [stage, {
     id: `${id}:map`,
-    sentence: `apply the staged changes to green's new schema through the ${mapping.name} mapping (${mapping.statements.length} set-based statements per batch of ${batch}, the mapped LSN committed with each; rows a new constraint refuses are kept in bluegreen_green.unmapped)`,
+    sentence: `apply the staged changes to green's new schema through the ${mapping.name} mapping (${mapping.statements.length} set-based statements per batch of ${batch}, the mapped LSN committed with each; rows a new constraint refuses are held in quarantine under cleanup's rules, every one recorded in bluegreen_green.unmapped)`,
     side: 'green',
     execute: async ({ ctx: c }) => ({ ...(await applyStagedChanges(c.green, { mapping, batch, slot })) }),
   }];
+}
+
+/**
+ * Stages every change blue committed up to its insert position now and maps it, in one call: the
+ * barrier of a fenced flip (blue takes no write while it runs, so green ends complete).
+ */
+export async function catchUpNow(ctx: StepContext): Promise<{ staged: number; mapped: number; upto: string; ms: number }> {
+  const started = performance.now();
+  const { slot, publication } = await streamObjects(ctx.blue);
+  const batch = ctx.config.raw.stream.batchChanges;
+  const upto = (await query<{ lsn: string }>(ctx.blue, 'SELECT pg_current_wal_insert_lsn()::text AS lsn', [], { side: 'blue' })).rows[0]!.lsn;
+  const staged = await streamToGreen({ blueDsn: ctx.config.blueDsn, green: ctx.green, slot, publication, uptoLsn: upto, batchChanges: batch, progress: ctx.progress });
+  const mapping = ctx.config.engine.streamMapping;
+  const mapped = mapping ? await applyStagedChanges(ctx.green, { mapping, batch, slot }) : null;
+  return { staged: staged.changes, mapped: mapped?.changes ?? 0, upto, ms: Math.round(performance.now() - started) };
 }
 
 async function stageAction(ctx: StepContext, id: string, sentence: string): Promise<Action> {
@@ -60,7 +75,7 @@ export const stream = {
   async summarize(_ctx, details) {
     const d = details.get('catch-up') ?? {};
     const m = details.get('catch-up:map');
-    return { changes: d.changes ?? 0, transactions: d.transactions ?? 0, appliedLsn: d.appliedLsn ?? null, lagBytes: d.lagBytes ?? null, ...(m ? { mapped: m.changes ?? 0, unmapped: m.unmapped ?? 0 } : {}) };
+    return { changes: d.changes ?? 0, transactions: d.transactions ?? 0, appliedLsn: d.appliedLsn ?? null, lagBytes: d.lagBytes ?? null, ...(m ? { mapped: m.changes ?? 0, unmapped: m.unmapped ?? 0, quarantined: m.quarantined ?? 0 } : {}) };
   },
   async verify() {},
 } satisfies Step;

@@ -1,5 +1,6 @@
 // WAL positions (LSNs) as numbers: the replication protocol and pg_lsn print them as `HI/LO` in hex,
-// with or without zero padding, so they are compared as bigints and printed the way pg_lsn does.
+// with or without zero padding, so they are compared as bigints and printed the way pg_lsn does; and
+// amounts of WAL and durations as the stream's progress lines and `migrate status` print them.
 
 /** Parses `HI/LO` (hex, any padding) into a number of bytes. */
 export function parseLsn(text: string): bigint {
@@ -25,4 +26,24 @@ const WAL_PAGE_HEADER_MAX = 40n;
  */
 export function covers(position: bigint, target: bigint): boolean {
   return position >= target || (position % WAL_PAGE === 0n && target - position <= WAL_PAGE_HEADER_MAX);
+}
+
+/** Bytes for humans, as pg_size_pretty would say them (1024-based). */
+export function humanBytes(bytes: number): string {
+  const units = ['bytes', 'kB', 'MB', 'GB', 'TB', 'PB'];
+  let value = bytes;
+  let unit = 0;
+  while (Math.abs(value) >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${Math.round(bytes)} bytes` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+/** A duration for humans: `4.2 s`, `3 min 20 s`, `2 h 5 min`. */
+export function humanSeconds(seconds: number): string {
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  const s = Math.round(seconds);
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }

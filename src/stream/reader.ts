@@ -11,14 +11,17 @@
 // When to stop: with `uptoLsn`, once every transaction committed before it is staged (a keepalive or a
 // later commit shows the server decoded past it); without, once the server has decoded past the WAL
 // insert position read at start and nothing arrived for a second (at most CATCH_UP_MAX_MS after that, so a
-// blue that never stops writing does not keep the reader for ever: the next run takes the rest).
+// blue that never stops writing does not keep the reader for ever: the next run takes the rest). Once
+// stopped there, the mark records the target as caught up (with when blue stood at it): `migrate
+// status` measures green's lag in seconds from it. Progress lines add the rate since the previous line
+// and an ETA at that rate.
 
 import { LogicalReplicationService, type Pgoutput } from 'pg-logical-replication';
 import { connect, type Db } from '../db/connect.ts';
 import { ConnectionLostError, OperatorError, StateError, UsageError } from '../errors.ts';
-import { installChangeLog, readMark, stageBatch, type StagedTransaction, type StreamMark } from './changelog.ts';
+import { installChangeLog, markCaughtUp, readMark, stageBatch, type StagedTransaction, type StreamMark } from './changelog.ts';
 import { changesOf, commitTimeText, TextPgoutputPlugin, type Change } from './decode.ts';
-import { covers, formatLsn, parseLsn } from './lsn.ts';
+import { covers, formatLsn, humanBytes, humanSeconds, parseLsn } from './lsn.ts';
 import { checkNames, checkSlot, lagBytes, replicationError, type SlotStart } from './upstream.ts';
 
 /** What to drain and where to. */
@@ -100,8 +103,10 @@ export async function streamToGreen(opts: StreamOptions): Promise<StreamStats> {
   if (opts.signal?.aborted) throw stoppedEarly(opts.signal, opts.slot, mark.applied);
   const blue = await connect('blue', opts.blueDsn, 'migrate-stream');
   try {
+    // When blue stood at the target: `uptoLsn` was read just before this call; the start position is read now.
+    const targetAt = upto === null ? new Date() : new Date(started);
     const slot = await checkSlot(blue, opts.slot, opts.publication);
-    return await new SlotReader(opts, blue, slot, mark, upto, started).run();
+    return await new SlotReader(opts, blue, slot, mark, upto, started, targetAt).run();
   } finally {
     await blue.end().catch(() => {});
   }
@@ -160,6 +165,8 @@ class SlotReader {
   private lastDataAt = Date.now();
   private lastPingAt = 0;
   private lastProgressAt = 0;
+  /** Where the previous progress line stood: the line's rate is over the interval since. */
+  private lastProgress: { at: number; changes: number; position: bigint } | null = null;
   private chain: Promise<void> = Promise.resolve();
   private ticking = false;
   private settled = false;
@@ -173,6 +180,7 @@ class SlotReader {
     mark: StreamMark,
     private readonly upto: bigint | null,
     private readonly started: number,
+    private readonly targetAt: Date,
   ) {
     this.applied = mark.applied;
     this.appliedAt = mark.committedAt;
@@ -328,6 +336,9 @@ class SlotReader {
   private async stopNow(stop: StreamStop): Promise<void> {
     await this.flush();
     if (this.settled) return;
+    // Every transaction committed before the target is staged: `migrate status` measures lag from here.
+    await markCaughtUp(this.opts.green, this.opts.slot, this.target, this.targetAt);
+    if (this.settled) return;
     this.settled = true;
     this.settle.resolve(stop);
   }
@@ -348,7 +359,7 @@ class SlotReader {
     this.ack();
     if (this.opts.progress && !this.settled && Date.now() - this.lastProgressAt >= PROGRESS_MS) {
       this.lastProgressAt = Date.now();
-      this.opts.progress(this.progressLine(await lagBytes(this.blue, this.position())));
+      this.opts.progress(this.progressLine(await lagBytes(this.blue, this.position()), false));
     }
   }
 
@@ -366,11 +377,23 @@ class SlotReader {
     return this.applied ?? this.slot.confirmed;
   }
 
-  private progressLine(lag: number): string {
-    const seconds = (Date.now() - this.started) / 1000;
+  /**
+   * `stream <slot>: N change(s) in T transaction(s) staged (R changes/s); lag B bytes, S s since the last
+   * staged commit; now R' changes/s, W/s of WAL; ETA E`: the overall rate since the start, then the rate
+   * since the previous line and the time the lag takes at that rate (`caught up` once stopped there).
+   */
+  private progressLine(lag: number, done: boolean): string {
+    const now = Date.now();
+    const seconds = (now - this.started) / 1000;
     const rate = seconds > 0 ? Math.round(this.stats.changes / seconds) : 0;
-    const behind = this.appliedAt ? `, ${((Date.now() - this.appliedAt.getTime()) / 1000).toFixed(1)} s since the last staged commit` : '';
-    return `stream ${this.opts.slot}: ${this.stats.changes} change(s) in ${this.stats.transactions} transaction(s) staged (${rate} changes/s); lag ${lag} bytes${behind}`;
+    const behind = this.appliedAt ? `, ${((now - this.appliedAt.getTime()) / 1000).toFixed(1)} s since the last staged commit` : '';
+    const last = this.lastProgress ?? { at: this.started, changes: 0, position: this.slot.confirmed };
+    const interval = (now - last.at) / 1000;
+    const recent = interval > 0 ? { changes: (this.stats.changes - last.changes) / interval, bytes: Math.max(0, Number(this.position() - last.position)) / interval } : null;
+    this.lastProgress = { at: now, changes: this.stats.changes, position: this.position() };
+    const eta = done ? 'caught up' : recent && recent.bytes > 0 ? humanSeconds(lag / recent.bytes) : 'unknown';
+    const pace = recent ? `now ${Math.round(recent.changes)} changes/s, ${humanBytes(recent.bytes)}/s of WAL` : 'now -';
+    return `stream ${this.opts.slot}: ${this.stats.changes} change(s) in ${this.stats.transactions} transaction(s) staged (${rate} changes/s); lag ${lag} bytes${behind}; ${pace}; ETA ${eta}`;
   }
 
   private fail(err: unknown): void {
@@ -394,7 +417,7 @@ class SlotReader {
 
   private async finalStats(stopped: StreamStop): Promise<StreamStats> {
     const lag = await lagBytes(this.blue, this.position());
-    this.opts.progress?.(this.progressLine(lag));
+    this.opts.progress?.(this.progressLine(lag, true));
     return {
       ...this.stats,
       appliedLsn: this.applied === null ? null : formatLsn(this.applied),

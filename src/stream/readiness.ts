@@ -3,11 +3,14 @@
 // made (wal_level, a free slot and WAL sender, the REPLICATION privilege, a publication we may
 // create, a replica identity on every published table), and a slot nobody reads is the one thing
 // that can hurt blue itself (it keeps WAL until the disk is full), so its retained WAL is reported
-// by `doctor` and `status`. Everything here is read-only: SHOW-like settings and the catalogs.
+// by `doctor` and `status`; `status` also shows green's lag behind blue (bytes and seconds), the recent
+// rate and an ETA. Everything here is read-only: SHOW-like settings, the catalogs and green's marks.
 
 import { query, type Db } from '../db/connect.ts';
 import { ident, literal, qualified } from '../db/sql.ts';
 import { latestRun } from '../state/journal.ts';
+import { readProgress, unmappedChanges } from './changelog.ts';
+import { formatLsn, humanBytes, humanSeconds, parseLsn } from './lsn.ts';
 import { STREAM_PREFIX, streamObjects } from './names.ts';
 
 /** One readiness finding, in preflight's CheckResult shape. */
@@ -33,18 +36,6 @@ const REPLICATION_ROLES = ['rds_replication'] as const;
 
 /** What to suggest for max_slot_wal_keep_size when it is unlimited. */
 const SUGGESTED_KEEP_SIZE = '50GB';
-
-/** Bytes for humans, as pg_size_pretty would say them (1024-based). */
-function humanBytes(bytes: number): string {
-  const units = ['bytes', 'kB', 'MB', 'GB', 'TB', 'PB'];
-  let value = bytes;
-  let unit = 0;
-  while (Math.abs(value) >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  return unit === 0 ? `${bytes} bytes` : `${value.toFixed(1)} ${units[unit]}`;
-}
 
 /** `schema.table` (unquoted; no dot means `public`) as its two parts. */
 function splitTable(key: string): { schema: string; name: string } {
@@ -304,6 +295,8 @@ export interface StreamStatus {
   slot: SlotState | null;
   /** Slots of ours no live run reads: they keep WAL on blue for nobody. */
   leftBehind: LeftBehindSlot[];
+  /** How far green is behind and how fast it catches up: filled by `migrate status` (it reads green), null without a slot. */
+  catchUp?: StreamLag | null;
 }
 
 /**
@@ -331,10 +324,87 @@ function slotLine(slot: SlotState): string {
   return `slot ${slot.name} ${slot.active ? 'active' : 'INACTIVE'}, confirmed up to ${slot.confirmedFlushLsn ?? '-'}, retained WAL ${retainedText(slot)}, lag ${lag}${slot.walStatus ? ` (wal_status ${slot.walStatus})` : ''}`;
 }
 
+/**
+ * WAL blue may have written past the position up to which green holds everything and still count as
+ * caught up: an idle blue writes a little (checkpoints, other tables), as the stream-caught-up guardrail allows.
+ */
+const CAUGHT_UP_BYTES = 1024 * 1024;
+
+/** How far green is behind blue and how fast it is catching up (`migrate status`; raw numbers, see the runbook). */
+export interface StreamLag {
+  /** Bytes of WAL blue wrote past the point up to which green holds every change (mapped, when the engine maps). */
+  lagBytes: number;
+  /**
+   * Now minus the commit time of the oldest blue transaction green lacks (staged, not mapped: exact;
+   * not staged: at most the time since green was last caught up or its last staged commit); 0 when
+   * caught up; null before anything is staged.
+   */
+  lagSeconds: number | null;
+  /** Changes staged on green and not yet mapped into the new schema (0 without a mapping). */
+  unmappedChanges: number;
+  /** Changes the reader staged per second over its most recent rate window; null with no rate yet. */
+  ratePerSecond: number | null;
+  /** WAL bytes per second the reader got through over the same window. */
+  bytesPerSecond: number | null;
+  /** The rate window's length (10 to 20 s while batches come). */
+  rateWindowSeconds: number | null;
+  /** `caught-up`, `estimated` (etaSeconds = lagBytes / bytesPerSecond) or `unknown` (no rate yet). */
+  eta: 'caught-up' | 'estimated' | 'unknown';
+  /** Seconds until caught up at the recent rate; 0 when caught up, null when unknown. */
+  etaSeconds: number | null;
+  /** The last staged commit LSN; null before the first. */
+  stagedLsn: string | null;
+}
+
+/** Green's lag behind blue for `slot`, its recent rate and the ETA; `mapped` when the engine maps staged changes. Read-only. */
+export async function streamLag(blue: Db, green: Db, slot: SlotState, opts: { mapped: boolean }): Promise<StreamLag> {
+  const current = parseLsn((await query<{ lsn: string }>(blue, 'SELECT pg_current_wal_lsn()::text AS lsn', [], { side: 'blue' })).rows[0]!.lsn);
+  const mark = await readProgress(green, slot.name);
+  const pending = opts.mapped && mark ? await unmappedChanges(green, slot.name) : { changes: 0, oldestCommit: null, firstLsn: null };
+  const now = Date.now();
+  // Green holds every change before `held`: the first unmapped commit, else the furthest of the staged
+  // commit, the last catch-up point and what the slot confirmed.
+  const known = [mark?.applied, mark?.caughtUp?.lsn, slot.confirmedFlushLsn === null ? null : parseLsn(slot.confirmedFlushLsn)].filter((x): x is bigint => typeof x === 'bigint');
+  const held = pending.firstLsn ?? (known.length ? known.reduce((a, b) => (b > a ? b : a)) : current);
+  const lagBytes = Math.max(0, Number(current - held));
+  const since = [mark?.caughtUp?.at, mark?.committedAt].filter((d): d is Date => d instanceof Date).map((d) => d.getTime());
+  const lagSeconds = pending.oldestCommit
+    ? Math.max(0, (now - pending.oldestCommit.getTime()) / 1000)
+    : mark && lagBytes <= CAUGHT_UP_BYTES
+      ? 0
+      : since.length
+        ? Math.max(0, (now - Math.max(...since)) / 1000)
+        : null;
+  const rate = mark?.rate ?? null;
+  const eta: StreamLag['eta'] = lagSeconds === 0 ? 'caught-up' : rate && rate.bytesPerSecond > 0 ? 'estimated' : 'unknown';
+  return {
+    lagBytes,
+    lagSeconds,
+    unmappedChanges: pending.changes,
+    ratePerSecond: rate ? rate.changesPerSecond : null,
+    bytesPerSecond: rate ? rate.bytesPerSecond : null,
+    rateWindowSeconds: rate ? rate.seconds : null,
+    eta,
+    etaSeconds: eta === 'caught-up' ? 0 : eta === 'estimated' ? lagBytes / rate!.bytesPerSecond : null,
+    stagedLsn: mark ? formatLsn(mark.applied!) : null,
+  };
+}
+
+/** The text line of {@link StreamLag}: human units. */
+export function lagLine(l: StreamLag): string {
+  const behind = l.lagSeconds === null ? 'unknown' : l.lagSeconds === 0 ? 'caught up' : `${humanSeconds(l.lagSeconds)} behind`;
+  const unmapped = l.unmappedChanges ? `, ${l.unmappedChanges} staged change(s) not yet mapped` : '';
+  const rate =
+    l.ratePerSecond === null ? 'rate unknown (no recent batches)' : `rate ${Math.round(l.ratePerSecond)} changes/s (${humanBytes(l.bytesPerSecond ?? 0)}/s of WAL, last ${humanSeconds(l.rateWindowSeconds ?? 0)} of batches)`;
+  const eta = l.eta === 'caught-up' ? 'caught up' : l.eta === 'unknown' ? 'unknown (no rate yet)' : humanSeconds(l.etaSeconds ?? 0);
+  return `stream: lag ${humanBytes(l.lagBytes)} of WAL, ${behind}${unmapped}; ${rate}; ETA ${eta}`;
+}
+
 /** The text lines of {@link StreamStatus}. */
 export function streamStatusLines(s: StreamStatus): string[] {
   return [
     s.slot ? `stream: ${slotLine(s.slot)}` : s.enabled ? 'stream: no slot yet' : 'stream: off',
+    ...(s.catchUp ? [lagLine(s.catchUp)] : []),
     ...s.leftBehind.map((l) => `stream: slot ${l.name} is LEFT BEHIND (${l.why}; ${l.active ? 'active' : 'inactive'}), retaining ${retainedText(l)} of WAL on blue; remove it: ${dropSlotHint(l.name)}`),
   ];
 }

@@ -56,6 +56,10 @@ export const HYDRA_INVARIANTS: readonly InvariantSpec[] = [
     green: ACTIVE_TOKENS_GREEN,
     relation: 'blue-subset-of-green',
     quarantine: TOKEN_QUARANTINE,
+    removedOnGreen: [
+      { table: 'public.hydra_oauth2_access', key: `'access:' || (row_key ->> 'signature')` },
+      { table: 'public.hydra_oauth2_refresh', key: `'refresh:' || (row_key ->> 'signature')` },
+    ],
   },
   {
     name: 'remembered-consents-stay-remembered',
@@ -64,6 +68,7 @@ export const HYDRA_INVARIANTS: readonly InvariantSpec[] = [
     green: REMEMBERED_CONSENTS_GREEN,
     relation: 'blue-subset-of-green',
     quarantine: [{ table: 'public.hydra_oauth2_consent_request_handled', key: `row ->> 'challenge'` }],
+    removedOnGreen: [{ table: 'public.hydra_oauth2_flow', key: `row_key ->> 'consent_challenge_id'` }],
   },
   {
     name: 'revoked-tokens-stay-revoked',

@@ -112,8 +112,19 @@ async function quarantinedKeys(green: Db, spec: InvariantSpec): Promise<Map<stri
     const rows = await query<{ k: string; rule: string }>(green, `SELECT (${q.key})::text AS k, rule FROM ${qualified(QUARANTINE_SCHEMA, qt)}`, [], { sql: q.key });
     for (const r of rows.rows) if (!out.has(r.k)) out.set(r.k, r.rule);
   }
+  // Once green serves, its own clients revoke too: green's capture (installed by the cutover) lists what they removed.
+  const removedOnGreen = spec.removedOnGreen ?? [];
+  if (removedOnGreen.length && (await query<{ ok: boolean }>(green, "SELECT to_regclass('bluegreen.outbox') IS NOT NULL AS ok")).rows[0]?.ok) {
+    for (const q of removedOnGreen) {
+      const rows = await query<{ k: string }>(green, `SELECT (${q.key})::text AS k FROM bluegreen.outbox WHERE table_name = $1`, [q.table], { sql: q.key });
+      for (const r of rows.rows) if (!out.has(r.k)) out.set(r.k, REMOVED_ON_GREEN);
+    }
+  }
   return out;
 }
+
+/** The "rule" under which keys green's own clients removed after the flip are listed. */
+export const REMOVED_ON_GREEN = 'removed on green after the flip';
 
 /** Groups quarantined missing keys by rule, largest first. */
 function byRule(missing: readonly string[], quarantined: ReadonlyMap<string, string>): ExpectedLoss[] {

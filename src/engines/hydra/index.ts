@@ -9,7 +9,7 @@ import { HYDRA_V1_CAPTURE, HYDRA_V2_CAPTURE } from './capture.ts';
 import { HYDRA_ACCESS_CARRIERS, HYDRA_CLEANUP_RULES, HYDRA_REWRITES } from './cleanup.ts';
 import { HYDRA_CONVERSIONS, HYDRA_MIGRATION_CHANGES } from './conversions.ts';
 import { HYDRA_REPAIRS } from './repairs.ts';
-import { HYDRA_STREAM_MAPPING } from './stream-map.ts';
+import { HYDRA_STREAM_MAPPING } from './stream-map/index.ts';
 
 /** Every table Hydra 1.x writes while it serves (clients, keys, sessions, flows, tokens, logout); those present on blue are streamed. */
 const HYDRA_V1_WRITES = [
