@@ -16,6 +16,7 @@ import { rollbackCommand } from '../src/commands/rollback.ts';
 import { validateCommand } from '../src/commands/validate.ts';
 import { drainCommand } from '../src/commands/drain.ts';
 import { finishCommand } from '../src/commands/finish.ts';
+import { followCommand } from '../src/commands/follow.ts';
 import { configJsonSchema } from '../src/config/schema.ts';
 import { redact } from '../src/db/redact.ts';
 import { asOperatorError, ExitCode } from '../src/errors.ts';
@@ -189,6 +190,28 @@ program
   .option('--batch-size <n>', 'outbox events per batch', positiveInt)
   .option('--jobs <n>', 'connections to the live side each batch is split over, by grant (default: config replay.jobs, 2)', positiveInt)
   .action((o) => run(o.json, () => drainCommand(o)));
+
+program
+  .command('follow')
+  .description('keep green caught up with blue between apply and cutover (stream.enabled): stage and map blue\'s changes round after round until stopped')
+  .addOption(configOption())
+  .addOption(jsonOption())
+  .option('--interval-ms <n>', 'pause after a round that found nothing to stage or map, in ms', positiveInt, 1000)
+  .option('--until-caught-up', 'stop by itself once green is within cutover\'s stream-caught-up allowance (stream.maxLagSeconds)')
+  .addHelpText('after', `
+Between \`migrate apply\` and \`migrate cutover\` nothing else reads the run's replication slot: blue
+keeps all its WAL for the slot and green falls behind, so the cutover would first catch up a long
+backlog. Run follow for the window: each round stages blue's changes up to its position then and
+maps them into the new schema (the catch-up cutover itself runs), with one line on stderr per round
+(lag in WAL bytes and seconds, rate, ETA; as \`migrate status\` shows them).
+
+Stop it before \`migrate cutover\`: it holds the run lock, so cutover (and apply, drain) refuse
+while it runs. Ctrl-C or SIGTERM finishes the current round, releases the slot and exits 0 with a
+summary (a second signal stops at once, safely). With --until-caught-up it stops by itself, e.g.
+  migrate follow --config prod.json --until-caught-up && migrate cutover --config prod.json
+Refused (exit 3) without stream.enabled, before apply finished its stream step, or after the flip.
+Runbook: runbooks/stream.md, "Keeping green caught up during the window".${EXIT_CODES_HELP}`)
+  .action((o) => run(o.json, () => followCommand(o)));
 
 program
   .command('finish')

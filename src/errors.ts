@@ -92,9 +92,13 @@ export interface LockHolder {
 export class LockHeldError extends StateError {
   constructor(command: string, holder: LockHolder | null) {
     const who = holder ? ` by ${holder.application || 'a session'} (backend pid ${holder.pid}${holder.client ? ` from ${holder.client}` : ''}${holder.since ? `, connected ${holder.since}` : ''})` : '';
+    // `migrate follow` never finishes by itself: its holder is told to stop it, not to wait.
+    const wait = holder?.application === 'migrate follow'
+      ? '`migrate follow` keeps green caught up and runs until stopped: stop it first (Ctrl-C in its terminal, or `kill -TERM` to its process; it finishes its round, releases the slot and exits 0), then run this command again; follow must always be stopped before `migrate cutover`, which catches up itself before the flip'
+      : 'wait for that command to finish (`migrate status` shows the run); one migrate command that writes runs at a time';
     super(
       `${command} refused: the run lock on blue is held${who}`,
-      'wait for that command to finish (`migrate status` shows the run); one migrate command that writes runs at a time. If its process is gone, the lock goes with its session; `SELECT pg_terminate_backend(<pid>)` on blue ends a stuck one',
+      `${wait}. If its process is gone, the lock goes with its session; \`SELECT pg_terminate_backend(${holder?.pid ?? '<pid>'})\` on blue ends a stuck one`,
       { holder },
     );
   }

@@ -9,32 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { streamToGreen } from '../src/stream/reader.ts';
 import { HYDRA_STREAM_MAPPING } from '../src/engines/hydra/stream-map/index.ts';
 import { applyStagedChanges } from '../src/stream/apply-changes.ts';
+import { issueTokens } from './blue-writes.ts';
 import { createDbPair, kill9, runCli, seedBlue, startCliUntil, withClient, writeConfig, type DbPair } from './harness.ts';
-
-/** Inserts new access tokens on blue, one transaction each, until `stop()`; returns their signatures. */
-async function issueTokens(dsn: string, stop: () => boolean, prefix = 'stream'): Promise<string[]> {
-  const c = new pg.Client({ connectionString: dsn });
-  await c.connect();
-  const issued: string[] = [];
-  try {
-    for (let n = 0; n < 5000 && !stop(); n++) {
-      const { rows } = await c.query<{ signature: string }>(
-        `INSERT INTO hydra_oauth2_access (signature, request_id, client_id, scope, granted_scope, form_data, session_data, subject, challenge_id)
-         SELECT $2 || '-' || $1, $2 || '-req-' || $1, a.client_id, a.scope, a.granted_scope, '', '{}', a.subject, a.challenge_id
-           FROM hydra_oauth2_access a
-          WHERE a.active AND EXISTS (SELECT 1 FROM hydra_client cl WHERE cl.id = a.client_id)
-            AND (a.challenge_id IS NULL OR EXISTS (SELECT 1 FROM hydra_oauth2_consent_request_handled h WHERE h.challenge = a.challenge_id))
-          ORDER BY md5(a.signature || $1) LIMIT 1
-         RETURNING signature`,
-        [String(n), prefix],
-      );
-      issued.push(...rows.map((r) => r.signature));
-    }
-  } finally {
-    await c.end();
-  }
-  return issued;
-}
 
 describe('apply with stream.enabled', () => {
   let pair: DbPair;
@@ -49,7 +25,7 @@ describe('apply with stream.enabled', () => {
     const target = { name: 'config-table', kind: 'sql', database: 'green', prepare: { sql: `SELECT value FROM app_config WHERE key = 'upstream'`, params: [] }, commit: { sql: `UPDATE app_config SET value = 'green' WHERE key = 'upstream'`, params: [] }, rollback: { sql: `UPDATE app_config SET value = $1 WHERE key = 'upstream'`, params: ['{{saved}}'] } };
     cfg = writeConfig(pair, { stream: { enabled: true, batchChanges: 100 }, cutover: { targets: [target] } });
     let done = false;
-    const writer = issueTokens(pair.blueDsn, () => done);
+    const writer = issueTokens(pair.blueDsn, () => done, 'stream');
     try {
       // Stopped right after the copy (a crash there): what the copy holds is read, then the run resumes.
       const paused = await startCliUntil(['apply', '--config', cfg.file, '--drill-pause', 'after:snapshot:mark-loaded'], cfg.env, 'fault: paused after snapshot:mark-loaded');
