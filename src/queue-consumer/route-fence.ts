@@ -21,7 +21,8 @@
 // - Leases live in memory. A lease is considered dead after LEASE_TTL_MS (a router that died never
 //   releases). So that a restart (deploy, eviction) cannot forget live leases, a lease horizon is
 //   stored (rewritten at most every HORIZON_SLACK_MS): after a restart, requests acquired before it
-//   count as in flight (one, unnamed) until that horizon has passed.
+//   count as in flight (one, unnamed) until that horizon has passed. The horizon is cleared whenever the
+//   last lease comes back, so an object evicted while idle (the usual restart) waits for nothing.
 
 import { DurableObject } from 'cloudflare:workers';
 
@@ -194,6 +195,12 @@ export class RouteFence extends DurableObject {
   /** Gives a lease back once the upstream answered (unknown or expired leases are ignored). */
   async release(lease: string): Promise<void> {
     if (!this.#leases.delete(lease)) return;
+    // Idle again, with nothing from before a restart possibly alive: a restart from here on (an idle
+    // object is evicted) has no lease to wait for, so the stored horizon is cleared.
+    if (this.#leases.size === 0 && this.#horizon !== 0 && Date.now() >= this.#bootHorizon) {
+      this.#horizon = 0;
+      this.ctx.storage.kv.put(HORIZON_KEY, 0);
+    }
     const wake = this.#released;
     this.#released = deferred();
     wake.resolve();
