@@ -58,13 +58,6 @@ export interface LocalEdge {
   routeAdmin: { url: string; token: string };
   /** The route object's state (upstream, epoch, fence, held and in-flight requests). */
   route(): Promise<RouteStateView>;
-  /**
-   * The consumer's control KV (pause flag). It no longer holds the route: the router ignores a key
-   * `upstream` here.
-   * @deprecated flip with a cutover `route` target and read the route with route(); kept until the
-   * demo stops using it.
-   */
-  routes: { get(key: string, type: 'text'): Promise<string | null>; put(key: string, value: string): Promise<void>; delete(key: string): Promise<void> };
   /** Holds deliveries back (they are re-queued until resumed). */
   pauseConsumer(): Promise<void>;
   /** Lets deliveries through again. */
@@ -190,7 +183,6 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
     setUpstream: async (u) => void (await fencedFlip(admin, u, { holdMs: 10_000, drainMs: 5_000 })),
     routeAdmin: { url, token: adminToken },
     route: () => routeAdminCall<RouteStateView>(admin, 'state'),
-    routes: { get: (key) => control.get(key, 'text'), put: (key, value) => control.put(key, value), delete: (key) => control.delete(key) },
     pauseConsumer: () => control.put(PAUSE_KEY, '1'),
     resumeConsumer: () => control.delete(PAUSE_KEY),
     enqueue: async (bodies) => {

@@ -8,7 +8,7 @@ import { query } from '../db/connect.ts';
 import { StateError } from '../errors.ts';
 import { streamObjects } from '../stream/names.ts';
 import { applyStagedChanges } from '../stream/apply-changes.ts';
-import { streamToGreen } from '../stream/reader.ts';
+import { streamToGreen, type StreamStats } from '../stream/reader.ts';
 import type { Action, Step, StepContext } from './step.ts';
 
 /**
@@ -30,19 +30,25 @@ export async function streamActions(ctx: StepContext, id: string, sentence: stri
   }];
 }
 
+/** Stages every change blue committed up to its insert position now (a commit not yet flushed is still waited for). */
+async function stageUpToNow(ctx: StepContext, slot: string, publication: string): Promise<StreamStats & { upto: string }> {
+  const upto = (await query<{ lsn: string }>(ctx.blue, 'SELECT pg_current_wal_insert_lsn()::text AS lsn', [], { side: 'blue' })).rows[0]!.lsn;
+  const stats = await streamToGreen({ blueDsn: ctx.config.blueDsn, green: ctx.green, slot, publication, uptoLsn: upto, batchChanges: ctx.config.raw.stream.batchChanges, progress: ctx.progress });
+  return { ...stats, upto };
+}
+
 /**
  * Stages every change blue committed up to its insert position now and maps it, in one call: the
- * barrier of a fenced flip (blue takes no write while it runs, so green ends complete).
+ * barrier of a fenced flip (blue takes no write while it runs, so green ends complete), the cutover's
+ * guardrail catch-up and each round of `migrate follow`.
  */
 export async function catchUpNow(ctx: StepContext): Promise<{ staged: number; mapped: number; upto: string; ms: number }> {
   const started = performance.now();
   const { slot, publication } = await streamObjects(ctx.blue);
-  const batch = ctx.config.raw.stream.batchChanges;
-  const upto = (await query<{ lsn: string }>(ctx.blue, 'SELECT pg_current_wal_insert_lsn()::text AS lsn', [], { side: 'blue' })).rows[0]!.lsn;
-  const staged = await streamToGreen({ blueDsn: ctx.config.blueDsn, green: ctx.green, slot, publication, uptoLsn: upto, batchChanges: batch, progress: ctx.progress });
+  const staged = await stageUpToNow(ctx, slot, publication);
   const mapping = ctx.config.engine.streamMapping;
-  const mapped = mapping ? await applyStagedChanges(ctx.green, { mapping, batch, slot }) : null;
-  return { staged: staged.changes, mapped: mapped?.changes ?? 0, upto, ms: Math.round(performance.now() - started) };
+  const mapped = mapping ? await applyStagedChanges(ctx.green, { mapping, batch: ctx.config.raw.stream.batchChanges, slot }) : null;
+  return { staged: staged.changes, mapped: mapped?.changes ?? 0, upto: staged.upto, ms: Math.round(performance.now() - started) };
 }
 
 async function stageAction(ctx: StepContext, id: string, sentence: string): Promise<Action> {
@@ -53,12 +59,7 @@ async function stageAction(ctx: StepContext, id: string, sentence: string): Prom
     sentence: `${sentence} (slot ${slot}, batches of ${batch} changes, the applied LSN committed with each)`,
     side: 'both',
     facts: { slot, publication },
-    execute: async ({ ctx: c }) => {
-      // Where blue stands now: the insert position, so a commit not yet flushed is still waited for.
-      const upto = (await query<{ lsn: string }>(c.blue, 'SELECT pg_current_wal_insert_lsn()::text AS lsn', [], { side: 'blue' })).rows[0]!.lsn;
-      const stats = await streamToGreen({ blueDsn: c.config.blueDsn, green: c.green, slot, publication, uptoLsn: upto, batchChanges: batch, progress: c.progress });
-      return { ...stats, upto };
-    },
+    execute: async ({ ctx: c }) => ({ ...(await stageUpToNow(c, slot, publication)) }),
   };
 }
 
